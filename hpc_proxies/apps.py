@@ -1,0 +1,22 @@
+"""The registry of apps: entry-point name -> the module that describes it."""
+
+from __future__ import annotations
+
+import importlib
+
+from .spec import AppSpec
+
+#: Entry-point names (a public contract) and the modules holding their ``APP`` spec.
+APP_MODULES = {
+    "xpra": "hpc_proxies.xpra",
+}
+
+
+def load_app(name: str) -> AppSpec:
+    """Import the app module for ``name`` and return its :class:`AppSpec`."""
+    try:
+        module_name = APP_MODULES[name]
+    except KeyError:
+        known = ", ".join(sorted(APP_MODULES))
+        raise KeyError(f"unknown app {name!r}; known apps: {known}") from None
+    return importlib.import_module(module_name).APP

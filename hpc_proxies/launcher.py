@@ -1,0 +1,456 @@
+"""The per-launch supervisor that jupyter-server-proxy starts in place of an app.
+
+    python -m hpc_proxies.launcher --app xpra --socket DIR/socket --prefix /user/me/xpra/
+
+jupyter-server-proxy proxies well but supervises poorly: it signals only its direct
+child, keeps an app that exited cleanly as "running" until Jupyter restarts, notices a
+crash during start-up only at the end of its timeout, shows a blank page while an app
+starts, and never removes its socket directories. This small process closes all of
+those gaps in one place, and stays up for as long as the Jupyter server does:
+
+* it serves a progress page on the launch's socket at once, starts the app on a
+  private socket beside it, and, when the app answers, atomically renames the app's
+  socket over its own, so the proxy's next request reaches the app;
+* when the app exits it takes the socket back: the next request starts the app again,
+  and a start-up failure becomes a readable page with the app's last output lines;
+* the app runs in a session of its own, and this process is a child subreaper, so
+  stopping reaches every descendant (SIGTERM, then SIGKILL after a grace period);
+* on SIGTERM/SIGINT/SIGHUP, or when the Jupyter server dies, it stops everything and
+  removes the runtime directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+
+from . import pages, procs
+from .apps import load_app
+from .executables import MissingExecutables, resolve
+from .runtime import (
+    UnsafeRuntimeDir,
+    ensure_private_dir,
+    fresh_private_dir,
+    remove_tree,
+    write_secret,
+)
+from .spec import AppSpec, Launch
+
+APP_DIR = "app"
+APP_SOCKET = "app.sock"
+TAIL_LINES = 40
+READY_POLL = 0.1
+
+
+@dataclass
+class Failure:
+    heading: str
+    paragraphs: list[str]
+    status: int
+    tail: list[str]
+
+
+class Launcher:
+    """Supervises one app for one Jupyter server; see the module docstring."""
+
+    def __init__(self, app: AppSpec, socket_path: Path, prefix: str, parent_pid: int | None):
+        self.app = app
+        self.socket_path = socket_path
+        self.runtime_dir = socket_path.parent
+        self.app_dir = self.runtime_dir / APP_DIR
+        self.prefix = prefix
+        self.parent_pid = parent_pid
+        self.state = "stopped"  # stopped | starting | running | failed | stopping
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.failure: Failure | None = None
+        self.note = ""
+        self.server: asyncio.AbstractServer | None = None
+        self.done = asyncio.Event()
+        self.exit_status = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._partial = b""
+
+    # ---------------------------------------------------------------- logging
+    def log(self, message: str) -> None:
+        sys.stderr.write(f"[hpc-proxies {self.app.name}] {message}\n")
+        sys.stderr.flush()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---------------------------------------------------------------- our socket
+    async def listen(self) -> None:
+        """Serve our pages on the launch socket (taking it back from a dead app)."""
+        if self.server is not None:
+            return
+        self.socket_path.unlink(missing_ok=True)
+        # Never let asyncio unlink the path on close: by then it is the app's socket.
+        extra = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+        self.server = await asyncio.start_unix_server(
+            self.handle, path=str(self.socket_path), **extra
+        )
+        os.chmod(self.socket_path, 0o600)
+
+    def stop_listening(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    # ---------------------------------------------------------------- the app
+    def start_app(self) -> None:
+        """Start the app; failures to even start become a failure page at once."""
+        if self.state in ("starting", "running", "stopping"):
+            return
+        self.tail.clear()
+        self.failure = None
+        try:
+            executables = resolve(self.app.requires)
+        except MissingExecutables as missing:
+            self.fail_missing(missing)
+            return
+        fresh_private_dir(self.app_dir)
+        secret_file = None
+        if self.app.secret:
+            secret_file = write_secret(self.app_dir)
+        launch = Launch(
+            name=self.app.name,
+            runtime_dir=self.runtime_dir,
+            app_dir=self.app_dir,
+            socket=self.app_dir / APP_SOCKET,
+            secret_file=secret_file,
+            executables=executables,
+            prefix=self.prefix,
+        )
+        try:
+            if self.app.prepare is not None:
+                self.app.prepare(launch)
+            argv = self.app.command(launch)
+            env = dict(os.environ)
+            env.update(self.app.environment(launch))
+            self.proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as err:
+            self.fail(
+                "could not be started",
+                [f"Starting <code>{escape(self.app.title)}</code> failed: {escape(str(err))}"],
+            )
+            remove_tree(self.app_dir)
+            return
+        self.state = "starting"
+        self.started_at = time.monotonic()
+        self.log(f"started pid {self.proc.pid}: {' '.join(argv)}")
+        loop = asyncio.get_running_loop()
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        loop.add_reader(self.proc.stdout.fileno(), self._read_output, self.proc)
+        self._spawn(self.wait_ready(launch, self.proc))
+
+    def _read_output(self, proc: subprocess.Popen[bytes]) -> None:
+        """Forward the app's output to the Jupyter log and keep its last lines."""
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            asyncio.get_running_loop().remove_reader(fd)
+            proc.stdout.close()
+            chunk, self._partial = self._partial + b"\n", b""
+            if chunk.strip() == b"":
+                return
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        for raw in lines:
+            line = raw.decode(errors="replace").rstrip("\r")
+            self.tail.append(line)
+            self.log(line)
+
+    async def wait_ready(self, launch: Launch, proc: subprocess.Popen[bytes]) -> None:
+        """Poll the app's own socket until it answers HTTP, it dies, or time runs out."""
+        deadline = self.started_at + self.app.timeout
+        while self.state == "starting" and self.proc is proc:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.fail(
+                    "did not start in time",
+                    [
+                        f"<code>{escape(self.app.title)}</code> did not answer on its socket "
+                        f"within {self.app.timeout:.0f} s, so it was stopped.",
+                        "If the system is busy, the site configuration can raise the "
+                        "app's <code>timeout</code>.",
+                    ],
+                )
+                await self.stop_app()
+                return
+            if await http_answers(launch.socket, self.app.ready_path, min(remaining, 5.0)):
+                if self.state == "starting" and self.proc is proc:
+                    os.rename(launch.socket, self.socket_path)
+                    self.stop_listening()
+                    self.state = "running"
+                    self.log(f"ready after {time.monotonic() - self.started_at:.2f} s")
+                return
+            await asyncio.sleep(READY_POLL)
+
+    def on_app_exit(self, code: int) -> None:
+        """The app's main process ended: report it, clean up, and take the socket back."""
+        what = f"exit code {code}" if code >= 0 else f"signal {-code}"
+        if self.state == "starting":
+            self.fail(
+                "stopped during start-up",
+                [
+                    f"<code>{escape(self.app.title)}</code> exited ({escape(what)}) "
+                    "before it was ready.",
+                ],
+            )
+        elif self.state == "running":
+            self.log(f"exited ({what}); the next request starts it again")
+            self.note = f"The previous session ended ({what})."
+            self.state = "stopped"
+        else:
+            return
+        self._spawn(self._after_exit())
+
+    async def _after_exit(self) -> None:
+        await self.stop_app()
+        if self.state != "stopping":
+            await self.listen()
+
+    async def stop_app(self) -> None:
+        """Stop the app and everything it started, then remove its private files."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            await self.stop_tree(proc)
+            if proc.stdout is not None and not proc.stdout.closed:
+                asyncio.get_running_loop().remove_reader(proc.stdout.fileno())
+                proc.stdout.close()
+        remove_tree(self.app_dir)
+
+    async def stop_tree(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGTERM the app, then all left in its session or below us; SIGKILL after grace."""
+        me = os.getpid()
+
+        def alive() -> set[int]:
+            snapshot = procs.all_processes()
+            return (procs.session_members(proc.pid, snapshot) | procs.descendants(me, snapshot)) - {
+                me
+            }
+
+        grace = self.app.stop_grace
+        procs.send({proc.pid}, signal.SIGTERM)
+        await self._wait_until(lambda: proc.pid not in alive(), grace / 2)
+        procs.send(alive(), signal.SIGTERM)
+        if not await self._wait_until(lambda: not alive(), grace / 2):
+            left = alive()
+            self.log(f"still running after {grace:.0f} s, killing: {sorted(left)}")
+            procs.send(left, signal.SIGKILL)
+            await self._wait_until(lambda: not alive(), 2.0)
+
+    @staticmethod
+    async def _wait_until(condition, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def fail(self, heading: str, paragraphs: list[str], status: int = 502) -> None:
+        self.state = "failed"
+        self.failure = Failure(heading, paragraphs, status, list(self.tail))
+        self.log(f"{heading}")
+
+    def fail_missing(self, missing: MissingExecutables) -> None:
+        items = "".join(
+            f"<li><code>{escape(m.requirement.executable)}</code>: "
+            f"{escape(m.requirement.install_hint)}</li>"
+            for m in missing.missing
+        )
+        search_path = escape(missing.missing[0].search_path)
+        self.fail(
+            "is not installed here",
+            [
+                f"{escape(self.app.title)} needs programs that were not found on this system:"
+                f"<ul>{items}</ul>",
+                f"They were looked for on <code>PATH={search_path}</code>.",
+                "Install them, or ask your HPC centre to; the site configuration can also "
+                "point the app at an <code>executable</code> in another place.",
+            ],
+            status=503,
+        )
+
+    # ---------------------------------------------------------------- HTTP
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer one request on our socket with the page (or JSON) for the current state."""
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            method, headers = parse_head(head)
+            probe = pages.PROBE_HEADER.lower() in headers
+            if not probe and self.state == "stopped":
+                self.start_app()
+            status, content_type, body = self.render(probe)
+            response = [
+                f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Status')}",
+                f"Content-Type: {content_type}",
+                f"Content-Length: {len(body)}",
+                f"{pages.STATE_HEADER}: {self.state}",
+                "Cache-Control: no-store",
+                "Connection: close",
+            ]
+            if status == 503:
+                response.append("Retry-After: 1")
+            writer.write(("\r\n".join(response) + "\r\n\r\n").encode())
+            if method != "HEAD":
+                writer.write(body)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            pass
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def render(self, probe: bool) -> tuple[int, str, bytes]:
+        elapsed = time.monotonic() - self.started_at if self.state == "starting" else 0.0
+        if probe:
+            body = pages.status_json(
+                app=self.app.name,
+                state=self.state,
+                elapsed=elapsed,
+                timeout=self.app.timeout,
+                tail=list(self.tail)[-15:],
+            )
+            return 200, "application/json", body.encode()
+        if self.state == "failed" and self.failure is not None:
+            failure = self.failure
+            self.state = "stopped"  # shown once: the next request tries again
+            html = pages.error_page(
+                self.app.title,
+                f"{self.app.title} {failure.heading}",
+                failure.paragraphs,
+                failure.tail,
+            )
+            return failure.status, "text/html; charset=utf-8", html.encode()
+        html = pages.progress_page(
+            self.app.title, elapsed, self.app.timeout, list(self.tail)[-15:], self.note
+        )
+        return 503, "text/html; charset=utf-8", html.encode()
+
+    # ---------------------------------------------------------------- process-wide
+    def on_sigchld(self) -> None:
+        for pid, status in procs.reap_children().items():
+            if self.proc is not None and pid == self.proc.pid:
+                self.proc.returncode = procs.exit_code(status)
+                self.on_app_exit(self.proc.returncode)
+
+    def request_shutdown(self, signum: int) -> None:
+        if self.state != "stopping":
+            self.log(f"stopping on signal {signal.Signals(signum).name}")
+            self.exit_status = 128 + signum
+            self._spawn(self.shutdown())
+
+    async def shutdown(self) -> None:
+        self.state = "stopping"
+        self.stop_listening()
+        await self.stop_app()
+        remove_tree(self.runtime_dir)
+        self.done.set()
+
+    async def watch_parent(self) -> None:
+        """Fallback for PR_SET_PDEATHSIG: stop when the Jupyter server is gone."""
+        while self.parent_pid is not None and not self.done.is_set():
+            if os.getppid() != self.parent_pid:
+                self.request_shutdown(signal.SIGTERM)
+                return
+            await asyncio.sleep(2)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(signum, self.request_shutdown, signum)
+        loop.add_signal_handler(signal.SIGCHLD, self.on_sigchld)
+        await self.listen()
+        self._spawn(self.watch_parent())
+        self.start_app()
+        await self.done.wait()
+        return self.exit_status
+
+
+STATUS_TEXT = {200: "OK", 502: "Bad Gateway", 503: "Service Unavailable"}
+
+
+def parse_head(head: bytes) -> tuple[str, dict[str, str]]:
+    """The method and lower-cased headers of an HTTP request head."""
+    lines = head.decode("latin-1").split("\r\n")
+    method = lines[0].split(" ", 1)[0]
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return method, headers
+
+
+async def http_answers(socket_path: Path, path: str, timeout: float) -> bool:
+    """True once something answers an HTTP request on ``socket_path`` (any status)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), 1)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        return line.startswith(b"HTTP/")
+    except (OSError, asyncio.TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpc_proxies.launcher", description=__doc__)
+    parser.add_argument("--app", required=True, help="app name, as in the entry point")
+    parser.add_argument("--socket", required=True, type=Path, help="socket to serve on")
+    parser.add_argument("--prefix", default="/", help="public URL prefix of the app")
+    parser.add_argument("--parent-pid", type=int, default=None, help="the Jupyter server's pid")
+    args = parser.parse_args(argv)
+
+    procs.become_subreaper()
+    procs.signal_on_parent_death(signal.SIGTERM)
+    try:
+        ensure_private_dir(args.socket.parent)
+    except UnsafeRuntimeDir as err:
+        sys.stderr.write(f"[hpc-proxies {args.app}] refusing to start: {err}\n")
+        time.sleep(2)  # jupyter-server-proxy restarts failed children at once
+        return 1
+    launcher = Launcher(load_app(args.app), args.socket, args.prefix, args.parent_pid)
+    if args.parent_pid is not None and os.getppid() != args.parent_pid:
+        return 0  # the Jupyter server is already gone
+    return asyncio.run(launcher.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

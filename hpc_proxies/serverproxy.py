@@ -1,0 +1,182 @@
+"""The one place that speaks jupyter-server-proxy: building and checking its server dicts.
+
+jupyter-server-proxy (4.x) has quirks a plugin must work around, and this module is
+where all of them are handled (``tests/test_engine_contract.py`` fails if any of them
+changes under us):
+
+* every string of ``command`` and ``environment`` goes through ``str.format``, so
+  literal braces are doubled here (:func:`template_literal`);
+* callables get their arguments by *parameter name*, read from ``__code__``, so only
+  plain closures are passed (no ``functools.partial``, no bound methods);
+* unknown keys are silently ignored, so every dict is validated here
+  (:func:`validate_server_process`);
+* ``unix_socket: True`` makes a private directory that nobody removes, and readiness
+  is a single GET with any status: the launcher (``hpc_proxies.launcher``) owns that
+  directory, answers at once with a progress page, and removes it at exit.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import os
+import sys
+import zlib
+from pathlib import Path
+
+from . import pages
+from .launcher import APP_DIR
+from .runtime import SECRET_FILE, read_secret
+from .spec import AppSpec
+
+#: Keys jupyter-server-proxy 4.x understands in a server dict.
+SERVER_KEYS = frozenset(
+    {
+        "command",
+        "environment",
+        "timeout",
+        "absolute_url",
+        "port",
+        "unix_socket",
+        "mappath",
+        "launcher_entry",
+        "new_browser_tab",
+        "request_headers_override",
+        "rewrite_response",
+        "update_last_activity",
+        "exclude_last_activity_patterns",
+        "raw_socket_proxy",
+    }
+)
+LAUNCHER_ENTRY_KEYS = frozenset({"enabled", "icon_path", "title", "path_info", "category"})
+
+#: How long jupyter-server-proxy waits for the launcher itself to answer (it binds at
+#: once; the app's own, configurable timeout is enforced by the launcher).
+LAUNCHER_TIMEOUT = 30.0
+
+
+class InvalidServerProcess(ValueError):
+    """A server dict has a key jupyter-server-proxy would silently ignore."""
+
+
+def _unknown(keys, allowed: frozenset[str], where: str) -> list[str]:
+    problems = []
+    for key in sorted(set(keys) - allowed):
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"unknown key {where}{key!r}{hint}")
+    return problems
+
+
+def validate_server_process(name: str, server: dict) -> dict:
+    """Return ``server`` unchanged, or raise if jupyter-server-proxy would ignore part of it."""
+    problems = _unknown(server, SERVER_KEYS, "")
+    entry = server.get("launcher_entry", {})
+    if isinstance(entry, dict):
+        problems += _unknown(entry, LAUNCHER_ENTRY_KEYS, "launcher_entry.")
+    if problems:
+        raise InvalidServerProcess(f"server process {name!r}: " + "; ".join(problems))
+    return server
+
+
+def template_literal(value: str) -> str:
+    """Protect ``value`` from jupyter-server-proxy's ``str.format`` templating."""
+    return value.replace("{", "{{").replace("}", "}}")
+
+
+def icon_path(name: str) -> str:
+    """The SVG icon ``icons/<name>.svg``, from the wheel or from a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "icons" / f"{name}.svg", here.parent / "icons" / f"{name}.svg"):
+        if candidate.is_file():
+            return str(candidate)
+    return ""
+
+
+def inject_into_head(body: bytes, encoding: str, snippet: str) -> bytes | None:
+    """Put ``snippet`` right after ``<head>``; None if the body cannot be rewritten."""
+    if encoding == "gzip":
+        body = gzip.decompress(body)
+    elif encoding == "deflate":
+        body = zlib.decompress(body)
+    elif encoding not in ("", "identity"):
+        return None
+    lower = body.lower()
+    start = lower.find(b"<head")
+    if start < 0:
+        return None
+    end = lower.find(b">", start)
+    return body[: end + 1] + snippet.encode() + body[end + 1 :]
+
+
+class _LaunchDirectory:
+    """Where the current launch of one app lives: its socket path (never a secret)."""
+
+    def __init__(self) -> None:
+        self.socket: str | None = None
+
+    def secret_file(self) -> Path | None:
+        if self.socket is None:
+            return None
+        return Path(self.socket).parent / APP_DIR / SECRET_FILE
+
+
+def server_process(app: AppSpec) -> dict:
+    """The jupyter-server-proxy dict for ``app``: run our launcher on a private socket.
+
+    Nothing is created here (this runs when the entry point is loaded, whether or
+    not the app is ever opened); everything happens at launch, in the launcher.
+    """
+    launch_dir = _LaunchDirectory()
+
+    def command(unix_socket, base_url):
+        launch_dir.socket = unix_socket
+        argv = [
+            sys.executable,
+            "-m",
+            "hpc_proxies.launcher",
+            "--app",
+            app.name,
+            "--socket",
+            unix_socket,
+            "--prefix",
+            f"{base_url}{app.name}/",
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+        return [template_literal(arg) for arg in argv]
+
+    server = {
+        "command": command,
+        "unix_socket": True,
+        "timeout": LAUNCHER_TIMEOUT,
+        "new_browser_tab": True,
+        "launcher_entry": {"title": app.title, "icon_path": icon_path(app.icon)},
+    }
+
+    if app.page_script is not None:
+        page_script = app.page_script
+
+        def give_secret_to_page(response, path):
+            """Hand the launch secret to the app's entry page, never through its URL."""
+            if path not in app.html_paths or response.code != 200:
+                return
+            if pages.STATE_HEADER in response.headers:
+                return  # our own progress or error page
+            if "html" not in response.headers.get("Content-Type", ""):
+                return
+            secret_file = launch_dir.secret_file()
+            if secret_file is None or not secret_file.exists():
+                return
+            encoding = response.headers.get("Content-Encoding", "").strip().lower()
+            body = inject_into_head(response.body, encoding, page_script(read_secret(secret_file)))
+            if body is None:
+                return
+            response.body = body
+            if "Content-Encoding" in response.headers:
+                del response.headers["Content-Encoding"]
+            response.headers["Cache-Control"] = "no-store"
+
+        server["rewrite_response"] = give_secret_to_page
+
+    return validate_server_process(app.name, server)

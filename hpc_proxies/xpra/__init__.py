@@ -1,0 +1,117 @@
+"""Xpra HTML5 desktop: an X session in the browser, on a private socket, with a one-time password.
+
+Xpra serves its HTML5 client and the session's websocket on the launch's unix socket
+(no TCP port from Xpra or its X server). Each start gets a new password in a 0600
+file (``--auth=file``); the Jupyter server hands it to the client's page through
+``sessionStorage``, so it is never in a URL, in history or in any argv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..runtime import write_private_file
+from ..serverproxy import server_process
+from ..spec import AppSpec, Launch, Requirement
+
+#: Config keys of Xpra's system files that would start programs we did not ask for.
+#: Debian's /etc/xpra/conf.d/60_server.conf adds ``start=/etc/X11/Xsession true``, and
+#: ``--start=`` on the command line does not reset that list.
+SESSION_KEYS = ("start", "start-child", "start-after-connect", "start-child-after-connect")
+DEFAULT_SYSTEM_CONF_DIR = "/etc/xpra"
+
+
+def system_config_without_session(conf_dir: Path) -> str:
+    """Xpra's system config (conf.d/*.conf, then xpra.conf) minus the session commands."""
+    files = [*sorted((conf_dir / "conf.d").glob("*.conf")), conf_dir / "xpra.conf"]
+    kept = []
+    for conf_file in files:
+        if not conf_file.is_file():
+            continue
+        for line in conf_file.read_text(errors="replace").splitlines():
+            key = line.split("=", 1)[0].strip()
+            if key not in SESSION_KEYS:
+                kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def prepare(launch: Launch) -> None:
+    """Write the filtered system config and an empty X authority file, both private."""
+    conf_dir = launch.app_dir / "xpra-conf"
+    conf_dir.mkdir(mode=0o700)
+    system_dir = Path(os.environ.get("XPRA_SYSTEM_CONF_DIRS", DEFAULT_SYSTEM_CONF_DIR))
+    write_private_file(conf_dir / "xpra.conf", system_config_without_session(system_dir))
+    write_private_file(launch.app_dir / "Xauthority", b"")
+
+
+def command(launch: Launch) -> list[str]:
+    return [
+        launch.executables["xpra"],
+        "start",
+        "--daemon=no",
+        f"--bind={launch.socket}",
+        f"--socket-dirs={launch.app_dir}",
+        f"--log-dir={launch.app_dir}",
+        f"--auth=file,filename={launch.secret_file}",
+        "--html=on",
+        "--start=xterm",
+        "--exit-with-children=no",
+        "--sharing=yes",
+        "--clipboard=yes",
+        "--mdns=no",
+        "--pulseaudio=no",
+        "--speaker=off",
+        "--microphone=off",
+        "--webcam=no",
+        "--printing=no",
+        "--notifications=no",
+        "--dbus-launch=",
+        "--dbus-proxy=no",
+        "--dbus-control=no",
+        "--systemd-run=no",
+        "--start-via-proxy=no",
+    ]
+
+
+def environment(launch: Launch) -> dict[str, str]:
+    return {
+        "XAUTHORITY": str(launch.app_dir / "Xauthority"),
+        "XPRA_SYSTEM_CONF_DIRS": str(launch.app_dir / "xpra-conf"),
+    }
+
+
+def page_script(password: str) -> str:
+    """The HTML5 client reads ``password`` and ``sharing`` from sessionStorage (then drops
+    the password), so the secret reaches it without a ``?password=`` URL."""
+    return (
+        "<script>try{"
+        f"sessionStorage.setItem('password',{json.dumps(password)});"
+        "sessionStorage.setItem('sharing','true');"
+        "}catch(e){}</script>"
+    )
+
+
+APP = AppSpec(
+    name="xpra",
+    title="Xpra Desktop",
+    icon="xpra",
+    description="A remote X desktop in the browser, served by Xpra's HTML5 client.",
+    requires=(
+        Requirement("xpra", "on Debian/Ubuntu: apt install xpra"),
+        Requirement("Xvfb", "on Debian/Ubuntu: apt install xvfb"),
+        Requirement("xterm", "on Debian/Ubuntu: apt install xterm"),
+    ),
+    command=command,
+    environment=environment,
+    prepare=prepare,
+    secret=True,
+    page_script=page_script,
+    timeout=60.0,
+)
+
+
+def setup_xpra() -> dict:
+    """Entry point for jupyter-server-proxy: the "Xpra Desktop" tile."""
+    return server_process(APP)

@@ -1,0 +1,178 @@
+"""Shared fixtures: a real Jupyter server on a random port with a token, and process helpers."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from hpc_proxies import procs
+
+ARTIFACTS = Path(
+    os.environ.get("HPC_PROXIES_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts")
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+
+@dataclass
+class JupyterServer:
+    """A `jupyter lab` subprocess; all requests carry its token unless told otherwise."""
+
+    proc: subprocess.Popen
+    port: int
+    token: str
+    log_path: Path
+    root_dir: Path
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(self, path: str, token: bool = True, headers: dict | None = None) -> Response:
+        req = urllib.request.Request(self.url + path, headers=dict(headers or {}))
+        if token:
+            req.add_header("Authorization", f"token {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return Response(resp.status, dict(resp.headers), resp.read())
+        except urllib.error.HTTPError as err:
+            return Response(err.code, dict(err.headers), err.read())
+
+    def wait_for_app(self, path: str, timeout: float = 90) -> Response:
+        """Request ``path`` until the app itself answers (not our progress page)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            resp = self.request(path)
+            if "X-HPC-Proxies-State" not in resp.headers and resp.status < 500:
+                return resp
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{path} still not ready: {resp.status} {resp.text[:2000]}")
+            time.sleep(0.25)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def descendants(self) -> set[int]:
+        return procs.descendants(self.proc.pid)
+
+    def launcher_pid(self, app: str) -> int:
+        for pid in self.descendants():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"hpc_proxies.launcher" in cmdline and app.encode() in cmdline:
+                return pid
+        raise AssertionError(f"no launcher for {app} under the Jupyter server")
+
+    def runtime_dir(self, app: str) -> Path:
+        cmdline = Path(f"/proc/{self.launcher_pid(app)}/cmdline").read_bytes().split(b"\0")
+        return Path(cmdline[cmdline.index(b"--socket") + 1].decode()).parent
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_jupyter(tmp_path: Path, env_update: dict | None = None) -> JupyterServer:
+    port = free_port()
+    token = secrets.token_hex(16)
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    jupyter_dirs = tmp_path / "jupyter"
+    env = dict(os.environ)
+    env.update(
+        JUPYTER_CONFIG_DIR=str(jupyter_dirs / "config"),
+        JUPYTER_RUNTIME_DIR=str(jupyter_dirs / "runtime"),
+        JUPYTER_PLATFORM_DIRS="1",
+    )
+    env.update(env_update or {})
+    log_path = tmp_path / "jupyter.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--allow-root",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.news_url=",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    server = JupyterServer(proc, port, token, log_path, root)
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"jupyter exited early:\n{server.log()}")
+        try:
+            if server.request("/api/status").status == 200:
+                return server
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"jupyter did not start:\n{server.log()}")
+        time.sleep(0.2)
+
+
+def kill_leftovers(pids: set[int]) -> None:
+    procs.send(pids, signal.SIGKILL)
+
+
+@pytest.fixture
+def jupyter(tmp_path):
+    """A fresh Jupyter server for one test; stopped (and anything it left killed) after."""
+    server = start_jupyter(tmp_path)
+    yield server
+    left = server.descendants()
+    server.stop()
+    kill_leftovers(left)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(scope="module")
+def shared_jupyter(tmp_path_factory):
+    """One Jupyter server shared by the tests of a module that do not stop it."""
+    server = start_jupyter(tmp_path_factory.mktemp("jupyter"))
+    yield server
+    left = server.descendants()
+    server.stop()
+    kill_leftovers(left)

@@ -1,0 +1,189 @@
+"""Unit tests of the shared core: modes, secrets, dict validation, lookup and pages."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import signal
+import stat
+from pathlib import Path
+
+import pytest
+
+from hpc_proxies import pages
+from hpc_proxies.executables import MissingExecutables, resolve
+from hpc_proxies.launcher import Launcher
+from hpc_proxies.runtime import (
+    UnsafeRuntimeDir,
+    ensure_private_dir,
+    read_secret,
+    write_private_file,
+    write_secret,
+)
+from hpc_proxies.serverproxy import (
+    InvalidServerProcess,
+    inject_into_head,
+    server_process,
+    template_literal,
+    validate_server_process,
+)
+from hpc_proxies.spec import AppSpec, Launch, Requirement
+from hpc_proxies.xpra import APP as XPRA
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_private_dir_is_created_0700(tmp_path):
+    d = ensure_private_dir(tmp_path / "run")
+    assert mode(d) == 0o700
+    assert os.lstat(d).st_uid == os.getuid()
+
+
+def test_private_dir_refuses_a_group_readable_dir(tmp_path):
+    d = tmp_path / "open"
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)
+    with pytest.raises(UnsafeRuntimeDir, match="0700"):
+        ensure_private_dir(d)
+
+
+def test_private_dir_refuses_a_symlink(tmp_path):
+    target = ensure_private_dir(tmp_path / "target")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(UnsafeRuntimeDir, match="not a directory"):
+        ensure_private_dir(link)
+
+
+def test_secret_file_is_0600_without_newline(tmp_path):
+    path = write_secret(tmp_path)
+    assert mode(path) == 0o600
+    raw = path.read_bytes()
+    assert not raw.endswith(b"\n")
+    assert len(raw) >= 32
+    assert read_secret(path) == raw.decode()
+    assert write_secret(tmp_path, "other").read_bytes() != raw
+
+
+def test_private_file_never_reuses_or_follows_a_path(tmp_path):
+    (tmp_path / "elsewhere").write_text("keep")
+    (tmp_path / "planted").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(FileExistsError):
+        write_private_file(tmp_path / "planted", "secret")
+    assert (tmp_path / "elsewhere").read_text() == "keep"
+
+
+def test_typo_in_server_dict_is_rejected_with_a_hint():
+    with pytest.raises(InvalidServerProcess, match=r"'comand' \(did you mean 'command'\?\)"):
+        validate_server_process("x", {"comand": ["x"], "unix_socket": True})
+    with pytest.raises(InvalidServerProcess, match=r"launcher_entry\.'titel'"):
+        validate_server_process("x", {"command": ["x"], "launcher_entry": {"titel": "X"}})
+
+
+def test_xpra_server_dict_is_valid_and_has_its_tile():
+    server = server_process(XPRA)
+    assert validate_server_process("xpra", server) is server
+    assert server["unix_socket"] is True
+    assert server["launcher_entry"]["title"] == "Xpra Desktop"
+    icon = Path(server["launcher_entry"]["icon_path"])
+    assert icon.name == "xpra.svg" and icon.read_text().lstrip().startswith("<svg")
+
+
+def test_launcher_argv_has_no_secret_and_survives_templating(tmp_path):
+    server = server_process(XPRA)
+    sock = str(tmp_path / "we{ird}" / "socket")
+    argv = server["command"](unix_socket=sock, base_url="/user/a{b}/")
+    rendered = [arg.format(port=0, unix_socket="", base_url="") for arg in argv]
+    assert rendered[rendered.index("--socket") + 1] == sock
+    assert rendered[rendered.index("--prefix") + 1] == "/user/a{b}/xpra/"
+
+
+def test_xpra_argv_names_the_secret_file_but_never_the_secret(tmp_path):
+    app_dir = ensure_private_dir(tmp_path / "app")
+    secret_file = write_secret(app_dir)
+    launch = Launch(
+        name="xpra",
+        runtime_dir=tmp_path,
+        app_dir=app_dir,
+        socket=app_dir / "app.sock",
+        secret_file=secret_file,
+        executables={"xpra": "/usr/bin/xpra", "Xvfb": "/usr/bin/Xvfb", "xterm": "/usr/bin/xterm"},
+        prefix="/xpra/",
+    )
+    argv = XPRA.command(launch)
+    env = XPRA.environment(launch)
+    secret = read_secret(secret_file)
+    assert not any(secret in arg for arg in argv + list(env.values()))
+    assert f"--auth=file,filename={secret_file}" in argv
+    assert f"--bind={launch.socket}" in argv
+    assert not any(arg.startswith(("--bind-tcp=", "--bind-ws=")) for arg in argv)
+
+
+def test_template_literal_doubles_braces():
+    assert template_literal("a{b}c") == "a{{b}}c"
+    assert template_literal("a{b}c").format() == "a{b}c"
+
+
+def test_secret_goes_into_head_even_when_gzipped():
+    html = b"<!DOCTYPE html><html><HEAD><title>x</title></HEAD><body></body></html>"
+    out = inject_into_head(gzip.compress(html), "gzip", "<script>s()</script>")
+    assert out == html.replace(b"<HEAD>", b"<HEAD><script>s()</script>")
+    assert inject_into_head(html, "br", "<script></script>") is None
+
+
+def test_missing_executable_is_named_with_its_install_hint():
+    reqs = (Requirement("sh", "always there"), Requirement("no-such-tool-hpc", "apt install x"))
+    with pytest.raises(MissingExecutables) as err:
+        resolve(reqs)
+    assert [m.requirement.executable for m in err.value.missing] == ["no-such-tool-hpc"]
+
+
+def _app(requires, command=lambda launch: ["true"]) -> AppSpec:
+    return AppSpec(name="demo", title="Demo App", icon="", requires=requires, command=command)
+
+
+async def test_missing_executable_gives_a_readable_page(tmp_path):
+    app = _app((Requirement("no-such-tool-hpc", "on Debian: apt install no-such-tool"),))
+    launcher = Launcher(app, ensure_private_dir(tmp_path / "run") / "socket", "/demo/", None)
+    launcher.start_app()
+    status, content_type, body = launcher.render(probe=False)
+    html = body.decode()
+    assert status == 503 and content_type.startswith("text/html")
+    assert "Demo App is not installed here" in html
+    assert "<code>no-such-tool-hpc</code>" in html
+    assert "apt install no-such-tool" in html
+    assert "Traceback" not in html
+    # Shown once; the next request tries again (and fails again, readably).
+    assert launcher.state == "stopped"
+
+
+async def test_failure_page_escapes_app_output(tmp_path):
+    app = _app((Requirement("sh", ""),), lambda launch: ["sh", "-c", "echo '<script>x</script>'"])
+    launcher = Launcher(app, ensure_private_dir(tmp_path / "run") / "socket", "/demo/", None)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGCHLD, launcher.on_sigchld)
+    try:
+        launcher.start_app()
+        for _ in range(100):
+            if launcher.state == "failed":
+                break
+            await asyncio.sleep(0.05)
+        status, _, body = launcher.render(probe=False)
+    finally:
+        loop.remove_signal_handler(signal.SIGCHLD)
+    html = body.decode()
+    assert status == 502
+    assert "Demo App stopped during start-up" in html
+    assert "&lt;script&gt;x&lt;/script&gt;" in html
+    assert "<script>x</script>" not in html
+
+
+def test_progress_page_reloads_into_the_app():
+    html = pages.progress_page("Xpra Desktop", 1.5, 60, ["line <1>"])
+    assert "Starting Xpra Desktop" in html
+    assert pages.PROBE_HEADER in html and pages.STATE_HEADER in html
+    assert "location.reload()" in html
+    assert "line &lt;1&gt;" in html

@@ -1,0 +1,167 @@
+"""What jupyter-server-proxy and simpervisor do that hpc_proxies works around.
+
+Each test pins one upstream behaviour that ``hpc_proxies/serverproxy.py`` or
+``hpc_proxies/launcher.py`` depends on or compensates for. If one fails after an
+upgrade, upstream changed: revisit the workaround named in the test, don't patch
+the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+from aiohttp import web
+from jupyter_server_proxy.config import ServerProcess
+from jupyter_server_proxy.handlers import SuperviseAndProxyHandler
+from jupyter_server_proxy.utils import call_with_asked_args
+from simpervisor import SupervisedProcess
+
+from hpc_proxies.serverproxy import SERVER_KEYS, template_literal
+
+
+def test_unknown_keys_are_silently_ignored():
+    """Why validate_server_process exists: a typo'd key is dropped without an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proc = ServerProcess(name="typo", command=["x"], new_browser_window=True)
+    assert not hasattr(proc, "new_browser_window")
+
+
+def test_our_list_of_keys_matches_upstream():
+    """SERVER_KEYS must be exactly the traits a ServerProcess accepts (besides its name)."""
+    upstream = set(ServerProcess.class_trait_names()) - {"name", "config", "parent", "log"}
+    assert upstream == set(SERVER_KEYS)
+
+
+PROCESS_ARGS = {"port": 0, "unix_socket": "/tmp/s", "base_url": "/"}
+
+
+class _Args:
+    """Just enough of a handler for jupyter-server-proxy's template rendering."""
+
+    process_args = PROCESS_ARGS
+    _render_template = SuperviseAndProxyHandler._render_template
+
+
+def test_command_strings_go_through_str_format():
+    """Why template_literal doubles braces."""
+    render = _Args._render_template
+    with pytest.raises((KeyError, IndexError, ValueError)):
+        render(_Args(), ["echo {oops}"])
+    assert render(_Args(), [template_literal("echo {oops}")]) == ["echo {oops}"]
+    assert render(_Args(), ["{unix_socket}"]) == ["/tmp/s"]
+
+
+def test_callables_get_arguments_by_name_and_partials_fail():
+    """Why server_process passes plain closures only."""
+
+    def command(unix_socket, base_url):
+        return [unix_socket, base_url]
+
+    assert call_with_asked_args(command, PROCESS_ARGS) == ["/tmp/s", "/"]
+    with pytest.raises(AttributeError):
+        call_with_asked_args(functools.partial(command, base_url="/x/"), PROCESS_ARGS)
+
+
+class _ReadyProbe:
+    def __init__(self, path):
+        self.unix_socket = path
+        self.log = logging.getLogger("contract")
+
+
+async def test_readiness_accepts_any_status(tmp_path):
+    """Why the launcher can answer the readiness check at once with a 503 progress page."""
+
+    async def starting(request):
+        return web.Response(status=503, text="starting")
+
+    app = web.Application()
+    app.router.add_get("/", starting)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    path = str(tmp_path / "s")
+    await web.UnixSite(runner, path).start()
+    try:
+        ready = await SuperviseAndProxyHandler._http_ready_func(_ReadyProbe(path), None)
+        not_there = await SuperviseAndProxyHandler._http_ready_func(
+            _ReadyProbe(str(tmp_path / "nothing")), None
+        )
+    finally:
+        await runner.cleanup()
+    assert ready is True
+    assert not_there is False
+
+
+def test_unix_socket_true_makes_a_private_dir_nobody_removes():
+    """Why the launcher checks the directory and removes it itself."""
+    handler = SuperviseAndProxyHandler.__new__(SuperviseAndProxyHandler)
+    handler.state = {}
+    handler.requested_unix_socket = True
+    path = handler.unix_socket
+    directory = os.path.dirname(path)
+    try:
+        assert os.path.basename(path) == "socket"
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+        assert handler.unix_socket == path  # cached for the life of the server
+    finally:
+        os.rmdir(directory)
+
+
+async def test_clean_exit_is_not_restarted_but_a_crash_is_at_once(tmp_path):
+    """Why the launcher never exits by itself: exit 0 would leave a dead app in the
+    proxy's state; a non-zero exit is restarted immediately, with no back-off."""
+    counter = tmp_path / "runs"
+    script = f"echo run >> {counter}; exit $0"
+    clean = SupervisedProcess("clean", "sh", "-c", script, "0")
+    await clean.start()
+    await asyncio.sleep(0.5)
+    assert clean.running is False
+    assert counter.read_text().count("run") == 1
+
+    counter.unlink()
+    crashing = SupervisedProcess("crash", "sh", "-c", script, "3")
+    await crashing.start()
+    await asyncio.sleep(0.5)
+    await crashing.kill()
+    assert counter.read_text().count("run") >= 3
+
+
+def test_simpervisor_signals_only_its_direct_child(tmp_path):
+    """Why the launcher is a subreaper that stops the whole tree itself: when the
+    server gets SIGTERM, simpervisor signals its child and exits; a grandchild lives on."""
+    pidfile = tmp_path / "grandchild.pid"
+    script = tmp_path / "server.py"
+    script.write_text(
+        "import asyncio\n"
+        "from simpervisor import SupervisedProcess\n"
+        "async def main():\n"
+        f"    p = SupervisedProcess('t', 'sh', '-c', 'sleep 60 & echo $! > {pidfile}; wait')\n"
+        "    await p.start()\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    server = subprocess.Popen([sys.executable, str(script)])
+    try:
+        for _ in range(100):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            time.sleep(0.05)
+        grandchild = int(pidfile.read_text())
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(10) == 0
+        time.sleep(0.3)
+        assert os.path.exists(f"/proc/{grandchild}"), "simpervisor now stops grandchildren"
+    finally:
+        server.kill()
+        if pidfile.exists():
+            subprocess.run(["kill", "-9", pidfile.read_text().strip()], check=False)

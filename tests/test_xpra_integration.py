@@ -1,0 +1,205 @@
+"""Xpra behind a real Jupyter server: a real Xpra, real sockets, real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import start_jupyter
+from xpra_wire import handshake, xpra_ws_handshake
+
+from hpc_proxies import procs
+
+
+def xpra_ready(server) -> None:
+    server.wait_for_app("/xpra/")
+
+
+def secret_of(server) -> str:
+    return (server.runtime_dir("xpra") / "app" / "secret").read_text()
+
+
+def session_pids(server) -> set[int]:
+    launcher = server.launcher_pid("xpra")
+    return {launcher} | procs.descendants(launcher)
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def find_process(pids: set[int], needle: str) -> int:
+    for pid in pids:
+        if any(needle in arg for arg in cmdline(pid)[:2]):
+            return pid
+    raise AssertionError(f"no {needle} among {sorted(pids)}")
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_first_request_shows_progress_then_the_html5_client(shared_jupyter):
+    first = shared_jupyter.request("/xpra/")  # the module's first request: Xpra is not up yet
+    assert first.status == 503
+    assert first.headers.get("X-HPC-Proxies-State") == "starting"
+    assert "Starting Xpra Desktop" in first.text
+    resp = shared_jupyter.wait_for_app("/xpra/")
+    assert resp.status == 200
+    assert "<title>xpra websockets client</title>" in resp.text
+    assert resp.headers.get("Cache-Control") == "no-store"
+    secret = secret_of(shared_jupyter)
+    assert f"sessionStorage.setItem('password',\"{secret}\")" in resp.text
+    client_js = shared_jupyter.request("/xpra/js/Client.js")
+    assert client_js.status == 200 and b"XpraClient" in client_js.body
+
+
+def test_websocket_needs_jupyter_auth_and_the_launch_password(shared_jupyter):
+    xpra_ready(shared_jupyter)
+    url = f"ws://127.0.0.1:{shared_jupyter.port}/xpra/"
+    auth = {"Authorization": f"token {shared_jupyter.token}"}
+    secret = secret_of(shared_jupyter)
+
+    assert handshake(url, None, headers=auth) == "challenge-without-password"
+    wrong = handshake(url, "not-" + secret, headers=auth)
+    assert wrong.startswith("disconnect:") and "authentication" in wrong
+    assert handshake(url, secret, headers=auth) == "hello"
+
+    async def without_jupyter_token():
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+                await xpra_ws_handshake(session, url, secret)
+            return err.value.status
+
+    assert asyncio.run(without_jupyter_token()) == 403
+
+
+def test_no_tcp_or_udp_listener_in_the_session(shared_jupyter):
+    xpra_ready(shared_jupyter)
+    pids = session_pids(shared_jupyter)
+    assert len(pids) >= 3, "launcher, xpra and its X server at least"
+    listeners = subprocess.run(["ss", "-Htulnp"], capture_output=True, text=True).stdout
+    owners = {int(p) for p in re.findall(r"pid=(\d+)", listeners)}
+    assert shared_jupyter.proc.pid in owners, "ss must show the Jupyter server's own port"
+    assert not (owners & pids), f"session processes listening on TCP/UDP:\n{listeners}"
+
+
+def test_another_user_cannot_reach_the_socket_or_the_display(shared_jupyter):
+    xpra_ready(shared_jupyter)
+    runtime = shared_jupyter.runtime_dir("xpra")
+    sock = runtime / "socket"
+    connect = (
+        "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print('ok')"
+    )
+    assert subprocess.run([sys.executable, "-c", connect, str(sock)]).returncode == 0
+    denied = as_nobody("/usr/bin/python3", "-c", connect, str(sock))
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+
+    xterm = find_process(session_pids(shared_jupyter), "xterm")
+    environ = dict(
+        item.split("=", 1)
+        for item in Path(f"/proc/{xterm}/environ").read_text().split("\0")
+        if "=" in item
+    )
+    display, xauthority = environ["DISPLAY"], environ["XAUTHORITY"]
+    assert Path(xauthority).parent == runtime / "app"
+    owner = subprocess.run(
+        ["xdpyinfo", "-display", display],
+        env={"PATH": "/usr/bin", "XAUTHORITY": xauthority},
+        capture_output=True,
+        text=True,
+    )
+    assert owner.returncode == 0, owner.stderr
+    no_cookie = subprocess.run(
+        ["xdpyinfo", "-display", display],
+        env={"PATH": "/usr/bin", "XAUTHORITY": "/nonexistent"},
+        capture_output=True,
+        text=True,
+    )
+    assert no_cookie.returncode != 0
+    other = as_nobody("xdpyinfo", "-display", display)
+    assert other.returncode != 0, other.stdout
+    tcp = as_nobody("xdpyinfo", "-display", "127.0.0.1" + display)
+    assert tcp.returncode != 0
+
+
+def test_no_secret_in_any_cmdline_or_the_log(shared_jupyter):
+    xpra_ready(shared_jupyter)
+    secret = secret_of(shared_jupyter)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            assert not any(secret in arg for arg in cmdline(int(entry))), cmdline(int(entry))
+    assert "--auth=file,filename=" in " ".join(
+        cmdline(find_process(session_pids(shared_jupyter), "xpra"))
+    )
+    assert secret not in shared_jupyter.log()
+
+
+def test_kill_9_of_xpra_and_the_next_request_brings_it_back(shared_jupyter):
+    xpra_ready(shared_jupyter)
+    before = session_pids(shared_jupyter)
+    xpra = find_process(before, "/usr/bin/xpra")
+    xvfb = find_process(before, "Xvfb")
+    old_secret = secret_of(shared_jupyter)
+    os.kill(xpra, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while any(os.path.exists(f"/proc/{pid}") for pid in (xpra, xvfb)):
+        assert time.monotonic() < deadline, "xpra's X server was left behind"
+        time.sleep(0.1)
+    resp = shared_jupyter.wait_for_app("/xpra/")
+    assert resp.status == 200 and "xpra websockets client" in resp.text
+    new_xpra = find_process(session_pids(shared_jupyter), "/usr/bin/xpra")
+    assert new_xpra != xpra
+    assert secret_of(shared_jupyter) != old_secret, "each start gets a new password"
+    assert "the next request starts it again" in shared_jupyter.log()
+
+
+def test_sigterm_to_jupyter_leaves_nothing_behind(jupyter):
+    xpra_ready(jupyter)
+    runtime = jupyter.runtime_dir("xpra")
+    everything = jupyter.descendants()
+    assert len(everything) >= 4
+    jupyter.proc.send_signal(signal.SIGTERM)
+    jupyter.proc.wait(15)
+    deadline = time.monotonic() + 10
+    left = everything
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = {pid for pid in left if (info := procs.proc_info(pid)) and info.state != "Z"}
+    assert not left, [cmdline(pid) for pid in left]
+    assert not runtime.exists()
+
+
+def test_missing_xpra_gives_a_readable_page(tmp_path):
+    server = start_jupyter(tmp_path, {"PATH": str(Path(sys.executable).parent)})
+    try:
+        resp = server.request("/xpra/")
+        for _ in range(20):
+            if resp.status != 503 or "not installed" in resp.text:
+                break
+            time.sleep(0.25)
+            resp = server.request("/xpra/")
+        assert resp.status == 503
+        assert "Xpra Desktop is not installed here" in resp.text
+        assert "apt install xpra" in resp.text
+        assert "Traceback" not in resp.text
+    finally:
+        server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import aiohttp
 import pytest
@@ -203,3 +205,13 @@ def test_missing_xpra_gives_a_readable_page(tmp_path):
         assert "Traceback" not in resp.text
     finally:
         server.stop()
+
+
+def test_tile_is_listed_with_its_icon(shared_jupyter):
+    info = shared_jupyter.request("/server-proxy/servers-info")
+    assert info.status == 200
+    (xpra,) = [s for s in json.loads(info.body)["server_processes"] if s["name"] == "xpra"]
+    assert xpra["launcher_entry"]["title"] == "Xpra Desktop"
+    assert xpra["launcher_entry"]["enabled"] is True
+    icon = shared_jupyter.request(urlparse(xpra["launcher_entry"]["icon_url"]).path)
+    assert icon.status == 200 and icon.body.lstrip().startswith(b"<svg")

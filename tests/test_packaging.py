@@ -1,0 +1,26 @@
+"""The wheel is what admins install: it must carry the icons and the entry points."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_ships_icons_and_entry_points(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("hpc_proxies-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        assert "hpc_proxies/icons/xpra.svg" in names
+        assert "hpc_proxies/xpra/__init__.py" in names
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        text = zf.read(entry_points).decode()
+    assert "[jupyter_serverproxy_servers]" in text
+    assert "xpra = hpc_proxies.xpra:setup_xpra" in text

@@ -75,6 +75,8 @@ class Launcher:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.failure: Failure | None = None
         self.note = ""
+        self.cleaning = False  # the previous run's processes are being stopped
+        self.start_wanted = False  # a request came while cleaning: start after it
         self.server: asyncio.AbstractServer | None = None
         self.done = asyncio.Event()
         self.exit_status = 0
@@ -113,6 +115,10 @@ class Launcher:
     def start_app(self) -> None:
         """Start the app; failures to even start become a failure page at once."""
         if self.state in ("starting", "running", "stopping"):
+            return
+        if self.cleaning:
+            # The previous run's processes are still being stopped: start right after.
+            self.state, self.started_at, self.start_wanted = "starting", time.monotonic(), True
             return
         self.tail.clear()
         self.failure = None
@@ -203,13 +209,14 @@ class Launcher:
                         "app's <code>timeout</code>.",
                     ],
                 )
-                await self.stop_app()
+                self.cleanup_after_app()
                 return
             if await http_answers(launch.socket, self.app.ready_path, min(remaining, 5.0)):
                 if self.state == "starting" and self.proc is proc:
                     os.rename(launch.socket, self.socket_path)
                     self.stop_listening()
                     self.state = "running"
+                    self.note = ""
                     self.log(f"ready after {time.monotonic() - self.started_at:.2f} s")
                 return
             await asyncio.sleep(READY_POLL)
@@ -231,12 +238,25 @@ class Launcher:
             self.state = "stopped"
         else:
             return
-        self._spawn(self._after_exit())
+        self.cleanup_after_app()
 
-    async def _after_exit(self) -> None:
-        await self.stop_app()
-        if self.state != "stopping":
-            await self.listen()
+    def cleanup_after_app(self) -> None:
+        """Answer on our socket at once, stop what the app left, then start again if asked."""
+        self.cleaning = True
+
+        async def cleanup() -> None:
+            try:
+                if self.state != "stopping":
+                    await self.listen()
+                await self.stop_app()
+            finally:
+                self.cleaning = False
+            if self.start_wanted and self.state == "starting":
+                self.start_wanted = False
+                self.state = "stopped"
+                self.start_app()
+
+        self._spawn(cleanup())
 
     async def stop_app(self) -> None:
         """Stop the app and everything it started, then remove its private files."""
@@ -249,7 +269,7 @@ class Launcher:
         remove_tree(self.app_dir)
 
     async def stop_tree(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGTERM the app, then all left in its session or below us; SIGKILL after grace."""
+        """SIGTERM the app, then HUP+TERM all left in its session or below us; KILL after grace."""
         me = os.getpid()
 
         def alive() -> set[int]:
@@ -261,7 +281,9 @@ class Launcher:
         grace = self.app.stop_grace
         procs.send({proc.pid}, signal.SIGTERM)
         await self._wait_until(lambda: proc.pid not in alive(), grace / 2)
-        procs.send(alive(), signal.SIGTERM)
+        left = alive()
+        procs.send(left, signal.SIGHUP)  # what interactive shells in the session honour
+        procs.send(left, signal.SIGTERM)
         if not await self._wait_until(lambda: not alive(), grace / 2):
             left = alive()
             self.log(f"still running after {grace:.0f} s, killing: {sorted(left)}")

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def free_port() -> int:
 @dataclass
 class Response:
     status: int
-    headers: dict[str, str]
+    headers: Message  # case-insensitive, as HTTP header names are
     body: bytes
 
     @property
@@ -63,9 +64,9 @@ class JupyterServer:
             req.add_header("Authorization", f"token {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
-                return Response(resp.status, dict(resp.headers), resp.read())
+                return Response(resp.status, resp.headers, resp.read())
         except urllib.error.HTTPError as err:
-            return Response(err.code, dict(err.headers), err.read())
+            return Response(err.code, err.headers, err.read())
 
     def wait_for_app(self, path: str, timeout: float = 90) -> Response:
         """Request ``path`` until the app itself answers (not our progress page)."""
@@ -153,7 +154,14 @@ def start_jupyter(tmp_path: Path, env_update: dict | None = None) -> JupyterServ
         time.sleep(0.2)
 
 
-def kill_leftovers(pids: set[int]) -> None:
+def kill_leftovers(pids: set[int], grace: float = 15) -> None:
+    """After a test: give the launchers time to stop their apps, then kill what is left."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        pids = {pid for pid in pids if (info := procs.proc_info(pid)) and info.state != "Z"}
+        if not pids:
+            return
+        time.sleep(0.1)
     procs.send(pids, signal.SIGKILL)
 
 

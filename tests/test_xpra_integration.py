@@ -166,6 +166,10 @@ def test_kill_9_of_xpra_and_the_next_request_brings_it_back(shared_jupyter):
     while any(os.path.exists(f"/proc/{pid}") for pid in (xpra, xvfb)):
         assert time.monotonic() < deadline, "xpra's X server was left behind"
         time.sleep(0.1)
+    # The launcher has the socket back: the user gets a page saying what happens, not a 500.
+    restarting = shared_jupyter.request("/xpra/")
+    assert restarting.status == 503, restarting.text[:500]
+    assert "The previous session ended (signal 9)" in restarting.text
     resp = shared_jupyter.wait_for_app("/xpra/")
     assert resp.status == 200 and "xpra websockets client" in resp.text
     new_xpra = find_process(session_pids(shared_jupyter), "/usr/bin/xpra")

@@ -239,9 +239,8 @@ def main() -> None:
                         f"First xterm frame ({label}): direct TCP median {d:.2f} s, "
                         f"via Jupyter median {p:.2f} s; ratio {p / d:.2f}"
                     )
-                    print(
-                        f"  direct {[round(x, 2) for x in fd]}  via Jupyter {[round(x, 2) for x in fp]}"
-                    )
+                    runs_d, runs_p = [round(x, 2) for x in fd], [round(x, 2) for x in fp]
+                    print(f"  direct {runs_d}  via Jupyter {runs_p}")
         finally:
             left = server.descendants()
             server.stop()

@@ -99,14 +99,22 @@ def xpra_pid(server) -> int | None:
     return None
 
 
-def time_proxied(server) -> float:
+def stop_xpra_for_a_fresh_launch(server) -> None:
+    """kill -9 the running Xpra and wait until the launcher has cleaned up after it."""
     old = xpra_pid(server)
-    if old is not None:
-        os.kill(old, signal.SIGKILL)
-        while server.request("/xpra/", headers={"X-HPC-Proxies-Probe": "1"}).headers.get(
-            "X-HPC-Proxies-State"
-        ) not in ("stopped", "failed"):
-            time.sleep(0.02)
+    if old is None:
+        return
+    os.kill(old, signal.SIGKILL)
+    probe = {"X-HPC-Proxies-Probe": "1"}
+    while server.request("/xpra/", headers=probe).headers.get("X-HPC-Proxies-State") not in (
+        "stopped",
+        "failed",
+    ):
+        time.sleep(0.02)
+
+
+def time_proxied(server) -> float:
+    stop_xpra_for_a_fresh_launch(server)
     t0 = time.monotonic()
     while True:
         resp = server.request("/xpra/")
@@ -189,13 +197,7 @@ def browser_direct(cold: bool) -> float:
 def browser_proxied(server, cold: bool) -> float:
     """Through Jupyter; cold is a fresh launch (the click on the tile), warm a reload."""
     if cold:
-        old = xpra_pid(server)
-        if old is not None:
-            os.kill(old, signal.SIGKILL)
-            while server.request("/xpra/", headers={"X-HPC-Proxies-Probe": "1"}).headers.get(
-                "X-HPC-Proxies-State"
-            ) not in ("stopped", "failed"):
-                time.sleep(0.02)
+        stop_xpra_for_a_fresh_launch(server)
     else:
         server.wait_for_app("/xpra/")
     return asyncio.run(first_frame(f"{server.url}/xpra/?token={server.token}"))

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
-from . import pages, procs
+from . import config, pages, procs
 from .apps import load_app
-from .executables import MissingExecutables, resolve
+from .executables import MissingExecutables, requirements, resolve, setup_argv
 from .runtime import (
     UnsafeRuntimeDir,
     ensure_private_dir,
@@ -57,13 +57,26 @@ class Failure:
     paragraphs: list[str]
     status: int
     tail: list[str]
+    permanent: bool = False  # shown for every request (configuration), not just once
 
 
 class Launcher:
     """Supervises one app for one Jupyter server; see the module docstring."""
 
-    def __init__(self, app: AppSpec, socket_path: Path, prefix: str, parent_pid: int | None):
+    def __init__(
+        self,
+        app: AppSpec,
+        socket_path: Path,
+        prefix: str,
+        parent_pid: int | None,
+        site: config.SiteConfig | None = None,
+    ):
         self.app = app
+        self.site = site if site is not None else config.load()
+        # An app outside the registry (a site's own AppSpec) runs with its defaults.
+        self.settings = self.site.apps.get(app.name) or config.AppSettings(
+            app.name, config.app_defaults(app)
+        )
         self.socket_path = socket_path
         self.runtime_dir = socket_path.parent
         self.app_dir = self.runtime_dir / APP_DIR
@@ -82,6 +95,48 @@ class Launcher:
         self.exit_status = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._partial = b""
+
+    @property
+    def title(self) -> str:
+        return str(self.settings["title"])
+
+    @property
+    def timeout(self) -> float:
+        return float(self.settings["timeout"])  # type: ignore[arg-type]
+
+    def failure_is_permanent(self) -> bool:
+        return self.failure is not None and self.failure.permanent
+
+    def refuse_by_configuration(self) -> bool:
+        """An invalid site configuration or a disabled app: a page for every request."""
+        site = self.site
+        if site.error is not None:
+            problems = "".join(f"<li><code>{escape(p)}</code></li>" for p in site.error.problems)
+            self.fail(
+                "is unavailable: the site configuration is invalid",
+                [
+                    "Every hpc-proxies app is disabled until the site configuration is "
+                    f"fixed:<ul>{problems}</ul>",
+                    "Administrators: check the file with <code>hpc-proxies check</code>, "
+                    "then restart the Jupyter server.",
+                ],
+                status=503,
+                permanent=True,
+            )
+            return True
+        reason = site.disabled_reason(self.app.name)
+        if reason is not None:
+            self.fail(
+                "is disabled here",
+                [
+                    f"{escape(self.title)} is {escape(reason)}.",
+                    "Ask your HPC centre if you need it on this system.",
+                ],
+                status=403,
+                permanent=True,
+            )
+            return True
+        return False
 
     # ---------------------------------------------------------------- logging
     def log(self, message: str) -> None:
@@ -113,41 +168,49 @@ class Launcher:
 
     # ---------------------------------------------------------------- the app
     def start_app(self) -> None:
-        """Start the app; failures to even start become a failure page at once."""
-        if self.state in ("starting", "running", "stopping"):
+        """Start the app (the work happens in :meth:`launch`); the progress page shows at once."""
+        if self.state in ("starting", "running", "stopping") or self.failure_is_permanent():
             return
-        if self.cleaning:
-            # The previous run's processes are still being stopped: start right after.
-            self.state, self.started_at, self.start_wanted = "starting", time.monotonic(), True
-            return
+        self.state, self.started_at = "starting", time.monotonic()
         self.tail.clear()
         self.failure = None
+        if self.cleaning:
+            self.start_wanted = True  # the previous run's processes are still being stopped
+            return
+        self._spawn(self.launch())
+
+    async def launch(self) -> None:
+        """Look up the programs (after the site's setup snippet), prepare, and exec the app."""
+        settings = self.settings
+        setup = str(settings["setup"])
+        env = {**os.environ, **settings["environment"]}
         try:
-            executables = resolve(self.app.requires)
+            executables = await asyncio.to_thread(
+                resolve, requirements(self.app, settings.values), setup, env
+            )
         except MissingExecutables as missing:
             self.fail_missing(missing)
             return
+        if self.state != "starting":
+            return
         fresh_private_dir(self.app_dir)
-        secret_file = None
-        if self.app.secret:
-            secret_file = write_secret(self.app_dir)
         launch = Launch(
             name=self.app.name,
             runtime_dir=self.runtime_dir,
             app_dir=self.app_dir,
             socket=self.app_dir / APP_SOCKET,
-            secret_file=secret_file,
+            secret_file=write_secret(self.app_dir) if self.app.secret else None,
             executables=executables,
             prefix=self.prefix,
+            settings=settings.values,
         )
         try:
             if self.app.prepare is not None:
                 self.app.prepare(launch)
             argv = self.app.command(launch)
-            env = dict(os.environ)
             env.update(self.app.environment(launch))
             self.proc = subprocess.Popen(
-                argv,
+                setup_argv(setup, argv),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -158,18 +221,16 @@ class Launcher:
         except OSError as err:
             self.fail(
                 "could not be started",
-                [f"Starting <code>{escape(self.app.title)}</code> failed: {escape(str(err))}"],
+                [f"Starting <code>{escape(argv[0])}</code> failed: {escape(str(err))}"],
             )
             remove_tree(self.app_dir)
             return
-        self.state = "starting"
-        self.started_at = time.monotonic()
         self.log(f"started pid {self.proc.pid}: {' '.join(argv)}")
         loop = asyncio.get_running_loop()
         assert self.proc.stdout is not None
         os.set_blocking(self.proc.stdout.fileno(), False)
         loop.add_reader(self.proc.stdout.fileno(), self._read_output, self.proc)
-        self._spawn(self.wait_ready(launch, self.proc))
+        await self.wait_ready(launch, self.proc)
 
     def _read_output(self, proc: subprocess.Popen[bytes]) -> None:
         """Forward the app's output to the Jupyter log and keep its last lines."""
@@ -196,15 +257,15 @@ class Launcher:
 
     async def wait_ready(self, launch: Launch, proc: subprocess.Popen[bytes]) -> None:
         """Poll the app's own socket until it answers HTTP, it dies, or time runs out."""
-        deadline = self.started_at + self.app.timeout
+        deadline = self.started_at + self.timeout
         while self.state == "starting" and self.proc is proc:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.fail(
                     "did not start in time",
                     [
-                        f"<code>{escape(self.app.title)}</code> did not answer on its socket "
-                        f"within {self.app.timeout:.0f} s, so it was stopped.",
+                        f"<code>{escape(self.title)}</code> did not answer on its socket "
+                        f"within {self.timeout:.0f} s, so it was stopped.",
                         "If the system is busy, the site configuration can raise the "
                         "app's <code>timeout</code>.",
                     ],
@@ -228,7 +289,7 @@ class Launcher:
             self.fail(
                 "stopped during start-up",
                 [
-                    f"<code>{escape(self.app.title)}</code> exited ({escape(what)}) "
+                    f"<code>{escape(self.title)}</code> exited ({escape(what)}) "
                     "before it was ready.",
                 ],
             )
@@ -299,10 +360,12 @@ class Launcher:
             await asyncio.sleep(0.05)
         return True
 
-    def fail(self, heading: str, paragraphs: list[str], status: int = 502) -> None:
+    def fail(
+        self, heading: str, paragraphs: list[str], status: int = 502, permanent: bool = False
+    ) -> None:
         self.state = "failed"
-        self.failure = Failure(heading, paragraphs, status, list(self.tail))
-        self.log(f"{heading}")
+        self.failure = Failure(heading, paragraphs, status, list(self.tail), permanent)
+        self.log(f"{self.title} {heading}")
 
     def fail_missing(self, missing: MissingExecutables) -> None:
         items = "".join(
@@ -314,14 +377,22 @@ class Launcher:
         self.fail(
             "is not installed here",
             [
-                f"{escape(self.app.title)} needs programs that were not found on this system:"
+                f"{escape(self.title)} needs programs that were not found on this system:"
                 f"<ul>{items}</ul>",
-                f"They were looked for on <code>PATH={search_path}</code>.",
+                f"They were looked for on <code>PATH={search_path}</code>"
+                + (
+                    f", after the site's setup snippet <code>{escape(missing.setup)}</code>"
+                    if missing.setup
+                    else ""
+                )
+                + ".",
                 "Install them, or ask your HPC centre to; the site configuration can also "
                 "point the app at an <code>executable</code> in another place.",
             ],
             status=503,
         )
+        if missing.detail:
+            self.failure.tail = missing.detail.splitlines()[-TAIL_LINES:]
 
     # ---------------------------------------------------------------- HTTP
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -361,22 +432,23 @@ class Launcher:
                 app=self.app.name,
                 state=self.state,
                 elapsed=elapsed,
-                timeout=self.app.timeout,
+                timeout=self.timeout,
                 tail=list(self.tail)[-15:],
             )
             return 200, "application/json", body.encode()
         if self.state == "failed" and self.failure is not None:
             failure = self.failure
-            self.state = "stopped"  # shown once: the next request tries again
+            if not failure.permanent:
+                self.state = "stopped"  # shown once: the next request tries again
             html = pages.error_page(
-                self.app.title,
-                f"{self.app.title} {failure.heading}",
+                self.title,
+                f"{self.title} {failure.heading}",
                 failure.paragraphs,
                 failure.tail,
             )
             return failure.status, "text/html; charset=utf-8", html.encode()
         html = pages.progress_page(
-            self.app.title, elapsed, self.app.timeout, list(self.tail)[-15:], self.note
+            self.title, elapsed, self.timeout, list(self.tail)[-15:], self.note
         )
         return 503, "text/html; charset=utf-8", html.encode()
 
@@ -415,7 +487,8 @@ class Launcher:
         loop.add_signal_handler(signal.SIGCHLD, self.on_sigchld)
         await self.listen()
         self._spawn(self.watch_parent())
-        self.start_app()
+        if not self.refuse_by_configuration():
+            self.start_app()
         await self.done.wait()
         return self.exit_status
 

@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import difflib
 import gzip
+import logging
 import os
 import sys
 import zlib
 from pathlib import Path
 
-from . import pages
+from . import config, pages
 from .launcher import APP_DIR
 from .runtime import SECRET_FILE, read_secret
 from .spec import AppSpec
+
+#: Under the server's "ServerApp" logger, so messages land in the Jupyter log.
+log = logging.getLogger("ServerApp.hpc_proxies")
 
 #: Keys jupyter-server-proxy 4.x understands in a server dict.
 SERVER_KEYS = frozenset(
@@ -121,12 +125,25 @@ class _LaunchDirectory:
         return Path(self.socket).parent / APP_DIR / SECRET_FILE
 
 
-def server_process(app: AppSpec) -> dict:
+def server_process(app: AppSpec, site: config.SiteConfig | None = None) -> dict:
     """The jupyter-server-proxy dict for ``app``: run our launcher on a private socket.
 
     Nothing is created here (this runs when the entry point is loaded, whether or
-    not the app is ever opened); everything happens at launch, in the launcher.
+    not the app is ever opened); everything happens at launch, in the launcher. The
+    site configuration decides the tile's title and whether it is shown at all; a
+    disabled app keeps its URL, where the launcher explains why it is off.
     """
+    site = config.load() if site is None else site
+    settings = site.for_app(app.name)
+    enabled = site.error is None and settings.enabled
+    if site.error is not None:
+        log.error(
+            "%s is disabled: the hpc-proxies site configuration is invalid:\n  %s",
+            app.name,
+            "\n  ".join(site.error.problems),
+        )
+    elif not enabled:
+        log.info("%s is %s", app.name, site.disabled_reason(app.name))
     launch_dir = _LaunchDirectory()
 
     def command(unix_socket, base_url):
@@ -151,7 +168,11 @@ def server_process(app: AppSpec) -> dict:
         "unix_socket": True,
         "timeout": LAUNCHER_TIMEOUT,
         "new_browser_tab": True,
-        "launcher_entry": {"title": app.title, "icon_path": icon_path(app.icon)},
+        "launcher_entry": {
+            "enabled": enabled,
+            "title": str(settings["title"]),
+            "icon_path": icon_path(app.icon),
+        },
     }
 
     if app.page_script is not None:

@@ -8,7 +8,7 @@ these descriptions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,21 @@ class Requirement:
 
     executable: str
     install_hint: str
+
+
+Requirements = tuple[Requirement, ...]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of the site configuration, declared with its type, default and help."""
+
+    name: str
+    type: type
+    default: object
+    help: str
+    choices: tuple[object, ...] | None = None
+    example: object = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,12 @@ class Launch:
     secret_file: Path | None
     executables: dict[str, str]
     prefix: str
+    settings: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def executable(self) -> str:
+        """The app's main program, resolved (the site may have put another in its place)."""
+        return next(iter(self.executables.values()))
 
 
 def _no_environment(launch: Launch) -> dict[str, str]:
@@ -48,15 +69,17 @@ class AppSpec:
 
     ``command`` returns the argv; it must never contain a secret (argv is
     world-readable in /proc): put secrets in ``launch.secret_file`` and pass its path.
-    ``page_script``, if set, returns a ``<script>`` that is put into the app's HTML
-    entry page (``html_paths``) by the Jupyter server, so the browser receives the
-    secret without it ever being in a URL.
+    ``requires`` may depend on the app's settings (a callable), the first entry being
+    the app's main program. ``page_script``, if set, returns a ``<script>`` that the
+    Jupyter server puts into the app's HTML entry page (``html_paths``), so the browser
+    receives the secret without it ever being in a URL. ``settings`` declares the
+    app's own site-configuration keys.
     """
 
     name: str
     title: str
     icon: str
-    requires: tuple[Requirement, ...]
+    requires: tuple[Requirement, ...] | Callable[[Mapping[str, object]], Requirements]
     command: Callable[[Launch], list[str]]
     environment: Callable[[Launch], dict[str, str]] = _no_environment
     prepare: Callable[[Launch], None] | None = None
@@ -67,4 +90,12 @@ class AppSpec:
     timeout: float = 30.0
     stop_grace: float = 5.0
     description: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+    settings: tuple[Setting, ...] = ()
+    version_args: tuple[str, ...] | None = None
+
+    def requirements(self, settings: Mapping[str, object]) -> tuple[Requirement, ...]:
+        """What must be installed, for these settings (the session program may vary)."""
+        return self.requires(settings) if callable(self.requires) else self.requires
+
+    def default_settings(self) -> dict[str, object]:
+        return {s.name: s.default for s in self.settings}

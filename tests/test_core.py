@@ -145,10 +145,20 @@ def _app(requires, command=lambda launch: ["true"]) -> AppSpec:
     return AppSpec(name="demo", title="Demo App", icon="", requires=requires, command=command)
 
 
+async def until_failed(launcher: Launcher, timeout: float = 10) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if launcher.state == "failed":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"launcher still {launcher.state}")
+
+
 async def test_missing_executable_gives_a_readable_page(tmp_path):
     app = _app((Requirement("no-such-tool-hpc", "on Debian: apt install no-such-tool"),))
     launcher = Launcher(app, ensure_private_dir(tmp_path / "run") / "socket", "/demo/", None)
     launcher.start_app()
+    assert launcher.state == "starting"  # the progress page shows while programs are looked up
+    await until_failed(launcher)
     status, content_type, body = launcher.render(probe=False)
     html = body.decode()
     assert status == 503 and content_type.startswith("text/html")
@@ -167,10 +177,7 @@ async def test_failure_page_escapes_app_output(tmp_path):
     loop.add_signal_handler(signal.SIGCHLD, launcher.on_sigchld)
     try:
         launcher.start_app()
-        for _ in range(100):
-            if launcher.state == "failed":
-                break
-            await asyncio.sleep(0.05)
+        await until_failed(launcher)
         status, _, body = launcher.render(probe=False)
     finally:
         loop.remove_signal_handler(signal.SIGCHLD)

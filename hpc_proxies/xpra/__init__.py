@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 from ..runtime import write_private_file
 from ..serverproxy import server_process
-from ..spec import AppSpec, Launch, Requirement
+from ..spec import AppSpec, Launch, Requirement, Setting
 
 #: Config keys of Xpra's system files that would start programs we did not ask for.
 #: Debian's /etc/xpra/conf.d/60_server.conf adds ``start=/etc/X11/Xsession true``, and
 #: ``--start=`` on the command line does not reset that list.
 SESSION_KEYS = ("start", "start-child", "start-after-connect", "start-child-after-connect")
 DEFAULT_SYSTEM_CONF_DIR = "/etc/xpra"
+XPRA = "xpra"
+DEFAULT_SESSION = "xterm"
 
 
 def system_config_without_session(conf_dir: Path) -> str:
@@ -47,16 +50,18 @@ def prepare(launch: Launch) -> None:
 
 
 def command(launch: Launch) -> list[str]:
+    mode = "start-desktop" if launch.settings.get("mode") == "desktop" else "start"
+    session = str(launch.settings.get("session", DEFAULT_SESSION))
     return [
-        launch.executables["xpra"],
-        "start",
+        launch.executable,
+        mode,
         "--daemon=no",
         f"--bind={launch.socket}",
         f"--socket-dirs={launch.app_dir}",
         f"--log-dir={launch.app_dir}",
         f"--auth=file,filename={launch.secret_file}",
         "--html=on",
-        "--start=xterm",
+        f"--start={session}",
         "--exit-with-children=no",
         "--sharing=yes",
         "--clipboard=yes",
@@ -93,22 +98,51 @@ def page_script(password: str) -> str:
     )
 
 
+def requires(settings) -> tuple[Requirement, ...]:
+    session = shlex.split(str(settings.get("session") or DEFAULT_SESSION))[0]
+    return (
+        Requirement(XPRA, "on Debian/Ubuntu: apt install xpra"),
+        Requirement("Xvfb", "on Debian/Ubuntu: apt install xvfb"),
+        Requirement(
+            session,
+            f"the program the session runs; on Debian/Ubuntu: apt install {session}, or set "
+            "[apps.xpra] session in the site configuration",
+        ),
+    )
+
+
 APP = AppSpec(
     name="xpra",
     title="Xpra Desktop",
     icon="xpra",
     description="A remote X desktop in the browser, served by Xpra's HTML5 client.",
-    requires=(
-        Requirement("xpra", "on Debian/Ubuntu: apt install xpra"),
-        Requirement("Xvfb", "on Debian/Ubuntu: apt install xvfb"),
-        Requirement("xterm", "on Debian/Ubuntu: apt install xterm"),
-    ),
+    requires=requires,
     command=command,
     environment=environment,
     prepare=prepare,
     secret=True,
     page_script=page_script,
     timeout=60.0,
+    version_args=("--version",),
+    settings=(
+        Setting(
+            "session",
+            str,
+            DEFAULT_SESSION,
+            "The command the session runs: in seamless mode its windows appear in the "
+            "browser; in desktop mode it is the whole desktop (e.g. 'openbox-session', "
+            "'startxfce4').",
+            example="xterm",
+        ),
+        Setting(
+            "mode",
+            str,
+            "seamless",
+            "'seamless' (windows float in the browser page) or 'desktop' (one whole "
+            "desktop, run `session` as its window manager or desktop session).",
+            choices=("seamless", "desktop"),
+        ),
+    ),
 )
 
 

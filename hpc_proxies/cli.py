@@ -1,0 +1,152 @@
+"""The ``hpc-proxies`` command: check and inspect the site configuration.
+
+hpc-proxies status [--json]     what is in force here, per app
+hpc-proxies check [FILE]        validate a file before deploying it (exit 0 or 1)
+hpc-proxies example-config      a fully commented example covering every key
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import config
+from .apps import APP_MODULES, load_app
+from .executables import MissingExecutables, requirements, resolve, version
+
+
+def app_status(site: config.SiteConfig, name: str) -> dict:
+    """Everything ``status`` says about one app, as plain data."""
+    app = load_app(name)
+    settings = site.for_app(name)
+    env = {**os.environ, **settings["environment"]}
+    reqs = requirements(app, settings.values)
+    main = reqs[0].executable if reqs else ""
+    entry: dict = {
+        "app": name,
+        "title": settings["title"],
+        "url": f"/{name}/",
+        "enabled": site.error is None and settings.enabled,
+        "disabled_by": site.disabled_reason(name),
+        "settings": {k: v for k, v in settings.values.items()},
+        "sources": dict(settings.sources),
+        "executable": None,
+        "missing": [],
+        "version": None,
+    }
+    try:
+        found = resolve(reqs, str(settings["setup"]), env)
+    except MissingExecutables as err:
+        entry["missing"] = [m.requirement.executable for m in err.missing]
+        found = {}
+    entry["executable"] = found.get(main)
+    if entry["executable"] and app.version_args:
+        entry["version"] = version(
+            entry["executable"], app.version_args, str(settings["setup"]), env
+        )
+    return entry
+
+
+def status_data(site: config.SiteConfig) -> dict:
+    return {
+        "files": [str(p) for p in site.files],
+        "looked_for": [str(p) for p in config.default_config_files()],
+        "config_variable": os.environ.get(config.ENV_CONFIG),
+        "system": site.system,
+        "system_reason": site.system_reason,
+        "valid": site.error is None,
+        "errors": site.error.problems if site.error else [],
+        "apps": [app_status(site, name) for name in APP_MODULES],
+    }
+
+
+def print_status(data: dict) -> None:
+    if data["config_variable"]:
+        print(f"Configuration: {data['config_variable']} (from ${config.ENV_CONFIG})")
+    elif data["files"]:
+        print("Configuration files (later ones override earlier ones):")
+        for path in data["files"]:
+            print(f"  {path}")
+    else:
+        print("Configuration: no file found; looked for " + ", ".join(data["looked_for"]))
+    if not data["valid"]:
+        print("\nThe configuration is INVALID, so every app is disabled:")
+        for problem in data["errors"]:
+            print(f"  {problem}")
+    else:
+        print(f"System: {data['system'] or '(none)'}: {data['system_reason']}")
+    for app in data["apps"]:
+        state = "enabled" if app["enabled"] else f"DISABLED: {app['disabled_by']}"
+        print(f"\n{app['app']}: {app['title']} at {app['url']}, {state}")
+        exe = app["executable"] or "missing"
+        if app["missing"]:
+            exe = f"{exe} (not found: {', '.join(app['missing'])})"
+        print(f"  executable: {exe}")
+        if app["version"]:
+            print(f"  version: {app['version']}")
+        for key, value in app["settings"].items():
+            source = app["sources"].get(key, "default")
+            print(f"  {key} = {json.dumps(value)}    [{source}]")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    site = config.load()
+    data = status_data(site)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print_status(data)
+    return 0 if site.error is None else 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    if args.file:
+        files = [Path(args.file)]
+    elif os.environ.get(config.ENV_CONFIG):
+        files = [Path(os.environ[config.ENV_CONFIG])]
+    else:
+        files = [p for p in config.default_config_files() if p.is_file()]
+    if not files:
+        print(
+            "No configuration file to check; looked for: "
+            + ", ".join(str(p) for p in config.default_config_files())
+        )
+        return 0
+    site = config.load(files=files)
+    if site.error is not None:
+        for problem in site.error.problems:
+            print(problem)
+        print(f"\n{len(site.error.problems)} problem(s): fix them before deploying this file.")
+        return 1
+    names = ", ".join(str(p) for p in files)
+    print(f"{names}: OK (system here: {site.system or 'none'}; {site.system_reason})")
+    return 0
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    sys.stdout.write(config.example_config())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hpc-proxies", description="Check and inspect the hpc-proxies site configuration."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    status = sub.add_parser("status", help="show the configuration in force here, per app")
+    status.add_argument("--json", action="store_true", help="the same, as JSON")
+    status.set_defaults(func=cmd_status)
+    check = sub.add_parser("check", help="validate a configuration file (exit 0 or 1)")
+    check.add_argument("file", nargs="?", help="the file (default: the files in force)")
+    check.set_defaults(func=cmd_check)
+    example = sub.add_parser("example-config", help="print a commented example of every key")
+    example.set_defaults(func=cmd_example)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

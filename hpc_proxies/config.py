@@ -267,11 +267,13 @@ def _merge(into: dict, data: dict, sources: dict, path: Path, prefix: str = "") 
     """Deep-merge ``data`` into ``into``; later files override earlier ones key by key."""
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
+        sources[dotted] = f"{path}: {dotted}"
+        if isinstance(value, dict):
+            if not isinstance(into.get(key), dict):
+                into[key] = {}
             _merge(into[key], value, sources, path, dotted + ".")
         else:
             into[key] = value
-            sources[dotted] = f"{path}: {dotted}"
 
 
 def select_system(systems: dict, env: Mapping[str, str], hostname: str) -> tuple[str | None, str]:

@@ -1,0 +1,115 @@
+"""The site configuration, seen through a real Jupyter server and a real Xpra."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import kill_leftovers, start_jupyter
+
+from hpc_proxies import procs
+
+
+@pytest.fixture
+def configured(tmp_path):
+    """Start a Jupyter server with a given site config file and environment."""
+    servers = []
+
+    def start(config_text: str, **env: str):
+        path = tmp_path / "site.toml"
+        path.write_text(config_text)
+        server = start_jupyter(tmp_path, {"HPC_PROXIES_CONFIG": str(path), **env})
+        servers.append(server)
+        return server, path
+
+    yield start
+    for server in servers:
+        left = server.descendants()
+        server.stop()
+        kill_leftovers(left)
+
+
+def xpra_entry(server) -> dict:
+    data = json.loads(server.request("/server-proxy/servers-info").body)
+    (entry,) = [s for s in data["server_processes"] if s["name"] == "xpra"]
+    return entry
+
+
+def launcher_only(server) -> None:
+    """Nothing but the launcher may run: a disabled app is never started."""
+    time.sleep(1)
+    launcher = server.launcher_pid("xpra")
+    assert procs.descendants(launcher) == set()
+
+
+def test_disabled_on_a_system_removes_the_tile_and_explains(configured):
+    server, path = configured(
+        '[systems.testsys]\nmatch = ["no-such-host*"]\n'
+        "[systems.testsys.apps.xpra]\nenabled = false\n",
+        HPC_PROXIES_SYSTEM="testsys",
+    )
+    assert xpra_entry(server)["launcher_entry"]["enabled"] is False
+    page = server.request("/xpra/")
+    assert page.status == 403
+    assert "Xpra Desktop is disabled here" in page.text
+    assert (
+        f"disabled on system &#x27;testsys&#x27; by the site configuration "
+        f"({path}: systems.testsys.apps.xpra.enabled)"
+    ) in page.text
+    assert server.request("/xpra/").status == 403  # every time, not just once
+    launcher_only(server)
+
+
+def test_executable_setup_and_environment_change_how_xpra_starts(configured, tmp_path):
+    bindir = tmp_path / "site-bin"
+    bindir.mkdir()
+    (bindir / "site-xpra").symlink_to("/usr/bin/xpra")
+    server, _ = configured(
+        f'[apps.xpra]\nexecutable = "{bindir}/site-xpra"\n'
+        'setup = "export HPC_SETUP_MARK=from-setup-$((6 * 7))"\n'
+        'title = "Site Desktop"\n'
+        '[apps.xpra.environment]\nHPC_ENV_MARK = "from-config"\n'
+    )
+    assert xpra_entry(server)["launcher_entry"]["title"] == "Site Desktop"
+    resp = server.wait_for_app("/xpra/")
+    assert "xpra websockets client" in resp.text
+    launcher = server.launcher_pid("xpra")
+    (xpra,) = [
+        pid
+        for pid in procs.descendants(launcher)
+        if procs.proc_info(pid).ppid == launcher  # the app replaced the setup shell
+    ]
+    argv = Path(f"/proc/{xpra}/cmdline").read_bytes().split(b"\0")
+    assert argv[1] == str(bindir / "site-xpra").encode(), argv
+    environ = Path(f"/proc/{xpra}/environ").read_bytes().split(b"\0")
+    assert b"HPC_SETUP_MARK=from-setup-42" in environ
+    assert b"HPC_ENV_MARK=from-config" in environ
+
+
+def test_a_broken_file_disables_everything_and_shows_the_error(configured):
+    server, path = configured('[apps.xpra]\ntimeout = 10\nsetup = "unterminated\n')
+    assert server.proc.poll() is None, "the server must still start"
+    assert xpra_entry(server)["launcher_entry"]["enabled"] is False
+    page = server.request("/xpra/")
+    assert page.status == 503
+    assert "the site configuration is invalid" in page.text
+    assert f"{path}: line 3: TOML syntax error" in page.text
+    log = server.log()
+    assert "xpra is disabled: the hpc-proxies site configuration is invalid" in log
+    assert f"{path}: line 3: TOML syntax error" in log
+    launcher_only(server)
+
+
+def test_a_setup_snippet_that_hides_the_program_gives_the_missing_page(configured):
+    server, _ = configured('[apps.xpra]\nsetup = "export PATH=/nonexistent"\n')
+    resp = server.request("/xpra/")
+    for _ in range(40):
+        if "not installed" in resp.text:
+            break
+        time.sleep(0.25)
+        resp = server.request("/xpra/")
+    assert resp.status == 503
+    assert "Xpra Desktop is not installed here" in resp.text
+    assert "after the site's setup snippet <code>export PATH=/nonexistent</code>" in resp.text

@@ -113,3 +113,25 @@ def test_a_setup_snippet_that_hides_the_program_gives_the_missing_page(configure
     assert resp.status == 503
     assert "Xpra Desktop is not installed here" in resp.text
     assert "after the site's setup snippet <code>export PATH=/nonexistent</code>" in resp.text
+
+
+def session_argvs(server) -> list[list[bytes]]:
+    argvs = []
+    for pid in procs.descendants(server.launcher_pid("xpra")):
+        try:
+            argvs.append(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
+        except OSError:
+            continue  # it exited meanwhile
+    return argvs
+
+
+def test_session_and_desktop_mode(configured):
+    server, _ = configured('[apps.xpra]\nmode = "desktop"\nsession = "xterm -title site-session"\n')
+    assert "xpra websockets client" in server.wait_for_app("/xpra/").text
+    argvs = session_argvs(server)
+    assert any(argv[1:3] == [b"/usr/bin/xpra", b"start-desktop"] for argv in argvs), argvs
+    deadline = time.monotonic() + 20
+    while not any(argv[:3] == [b"xterm", b"-title", b"site-session"] for argv in argvs):
+        assert time.monotonic() < deadline, argvs
+        time.sleep(0.2)
+        argvs = session_argvs(server)

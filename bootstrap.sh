@@ -20,13 +20,13 @@ esac
 # Debian packages: the apps, what their sessions run, the tools the tests use, a browser.
 apt_packages=(
   python3 python3-venv python3-pip
-  xpra python3-pil python3-lz4 xvfb xterm xauth x11-utils
+  xpra python3-pil python3-lz4 xvfb xterm xauth x11-utils xclip
   iproute2 procps util-linux
   chromium fonts-dejavu-core xfonts-base
   ca-certificates
 )
 # Executables those packages provide, checked when we cannot install as root.
-needed_commands=(python3 xpra Xvfb xterm xdpyinfo ss setpriv chromium)
+needed_commands=(python3 xpra Xvfb xterm xdpyinfo xclip ss setpriv chromium)
 
 say() { printf '\n==> %s\n' "$*"; }
 

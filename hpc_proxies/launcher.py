@@ -101,6 +101,12 @@ class Launcher:
         return str(self.settings["title"])
 
     @property
+    def home_url(self) -> str:
+        """JupyterLab, next to the app: the prefix is ``{base_url}{app}/``."""
+        base = self.prefix.rstrip("/").rsplit("/", 1)[0]
+        return f"{base}/lab"
+
+    @property
     def timeout(self) -> float:
         return float(self.settings["timeout"])  # type: ignore[arg-type]
 
@@ -445,6 +451,8 @@ class Launcher:
                 f"{self.title} {failure.heading}",
                 failure.paragraphs,
                 failure.tail,
+                retry=not failure.permanent,
+                home=self.home_url,
             )
             return failure.status, "text/html; charset=utf-8", html.encode()
         html = pages.progress_page(

@@ -34,6 +34,7 @@ pre { background: #1e1e1e; color: #ddd; padding: .8rem 1rem; border-radius: 6px;
 button { font-size: 1rem; padding: .5rem 1.2rem; border-radius: 4px; border: 1px solid #ccc;
          background: #f37726; color: #fff; cursor: pointer; }
 .bad { color: #b00020; }
+.actions { display: flex; gap: 1.5rem; align-items: center; }
 @keyframes spin { to { transform: rotate(360deg); } }
 """
 
@@ -99,6 +100,7 @@ def error_page(
     paragraphs: list[str],
     tail: list[str] | None = None,
     retry: bool = True,
+    home: str | None = None,
 ) -> str:
     """A readable failure page. ``paragraphs`` are HTML; callers escape what they insert."""
     parts = [f"<h1 class='bad'>{escape(heading)}</h1>"]
@@ -106,8 +108,13 @@ def error_page(
     if tail:
         parts.append("<p class='muted'>Last lines of its output:</p>")
         parts.append(_log_block(tail))
+    actions = []
     if retry:
-        parts.append("<p><button onclick='location.reload()'>Try again</button></p>")
+        actions.append("<button onclick='location.reload()'>Try again</button>")
+    if home:
+        actions.append(f"<a href='{escape(home)}'>Back to JupyterLab</a>")
+    if actions:
+        parts.append("<p class='actions'>" + " ".join(actions) + "</p>")
     return _document(f"{title}: {heading}", "".join(parts))
 
 

@@ -58,6 +58,8 @@ def test_disabled_on_a_system_removes_the_tile_and_explains(configured):
         f"disabled on system &#x27;testsys&#x27; by the site configuration "
         f"({path}: systems.testsys.apps.xpra.enabled)"
     ) in page.text
+    assert "Try again" not in page.text  # trying again cannot help
+    assert "<a href='/lab'>Back to JupyterLab</a>" in page.text
     assert server.request("/xpra/").status == 403  # every time, not just once
     launcher_only(server)
 

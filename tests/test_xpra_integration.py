@@ -206,6 +206,7 @@ def test_missing_xpra_gives_a_readable_page(tmp_path):
         assert resp.status == 503
         assert "Xpra Desktop is not installed here" in resp.text
         assert "apt install xpra" in resp.text
+        assert "Try again" in resp.text and "<a href='/lab'>Back to JupyterLab</a>" in resp.text
         assert "Traceback" not in resp.text
     finally:
         server.stop()

@@ -79,6 +79,15 @@ class JupyterServer:
                 raise AssertionError(f"{path} still not ready: {resp.status} {resp.text[:2000]}")
             time.sleep(0.25)
 
+    def wait_for_text(self, path: str, text: str, timeout: float = 15) -> Response:
+        """Request ``path`` until the page contains ``text`` (e.g. past the progress page)."""
+        deadline = time.monotonic() + timeout
+        resp = self.request(path)
+        while text not in resp.text and time.monotonic() < deadline:
+            time.sleep(0.25)
+            resp = self.request(path)
+        return resp
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -121,6 +130,9 @@ def start_jupyter(tmp_path: Path, env_update: dict | None = None) -> JupyterServ
         JUPYTER_RUNTIME_DIR=str(jupyter_dirs / "runtime"),
         JUPYTER_PLATFORM_DIRS="1",
         JUPYTER_TOKEN=token,  # not in argv, which other users can read
+        # Desktop sessions run $SHELL in their xterm: a plain /bin/sh, not this
+        # machine's interactive bash, whose rc files (pyenv's rehash lock) can stall it.
+        SHELL="/bin/sh",
     )
     env.update(env_update or {})
     log_path = tmp_path / "jupyter.log"

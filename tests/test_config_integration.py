@@ -106,12 +106,7 @@ def test_a_broken_file_disables_everything_and_shows_the_error(configured):
 
 def test_a_setup_snippet_that_hides_the_program_gives_the_missing_page(configured):
     server, _ = configured('[apps.xpra]\nsetup = "export PATH=/nonexistent"\n')
-    resp = server.request("/xpra/")
-    for _ in range(40):
-        if "not installed" in resp.text:
-            break
-        time.sleep(0.25)
-        resp = server.request("/xpra/")
+    resp = server.wait_for_text("/xpra/", "not installed")
     assert resp.status == 503
     assert "Xpra Desktop is not installed here" in resp.text
     assert "after the site's setup snippet <code>export PATH=/nonexistent</code>" in resp.text

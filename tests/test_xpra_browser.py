@@ -66,17 +66,6 @@ CONNECTED_JS = """() => !!(window.client && window.client.connected
     && !/connect\\.html/.test(location.pathname))"""
 
 
-@pytest.fixture(autouse=True)
-def plain_shell(monkeypatch):
-    """Make the xterm run ``/bin/sh``, not the user's interactive bash and its rc files.
-
-    xterm starts ``$SHELL``, inherited from the Jupyter server (this autouse fixture
-    runs before the ``jupyter`` fixture). A ``~/.bashrc`` can take a long time (pyenv's
-    ``rehash`` waits up to 60 s on a stale lock), and keys typed meanwhile only wait.
-    """
-    monkeypatch.setenv("SHELL", "/bin/sh")
-
-
 # ---------------------------------------------------------------- diagnostics
 def log_tail(jupyter, lines: int = 60) -> str:
     text = jupyter.log().splitlines()[-lines:]

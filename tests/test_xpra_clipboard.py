@@ -74,17 +74,6 @@ TEXTBOX_HTML = (
 )
 
 
-@pytest.fixture(autouse=True)
-def plain_shell(monkeypatch):
-    """Make the xterm run ``/bin/sh``, not the user's interactive bash and its rc files.
-
-    xterm starts ``$SHELL``, inherited from the Jupyter server (this autouse fixture
-    runs before the ``jupyter`` fixture). A ``~/.bashrc`` can take a long time (pyenv's
-    ``rehash`` waits up to 60 s on a stale lock), and keys typed meanwhile only wait.
-    """
-    monkeypatch.setenv("SHELL", "/bin/sh")
-
-
 # ---------------------------------------------------------------- the X session's side
 def session_display(jupyter) -> dict[str, str]:
     """``DISPLAY`` and ``XAUTHORITY`` of the session, from the xterm's environment."""

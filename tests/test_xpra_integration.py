@@ -197,12 +197,7 @@ def test_sigterm_to_jupyter_leaves_nothing_behind(jupyter):
 def test_missing_xpra_gives_a_readable_page(tmp_path):
     server = start_jupyter(tmp_path, {"PATH": str(Path(sys.executable).parent)})
     try:
-        resp = server.request("/xpra/")
-        for _ in range(20):
-            if resp.status != 503 or "not installed" in resp.text:
-                break
-            time.sleep(0.25)
-            resp = server.request("/xpra/")
+        resp = server.wait_for_text("/xpra/", "not installed")
         assert resp.status == 503
         assert "Xpra Desktop is not installed here" in resp.text
         assert "apt install xpra" in resp.text

@@ -178,12 +178,13 @@ def test_kill_9_of_xpra_and_the_next_request_brings_it_back(shared_jupyter):
     assert "the next request starts it again" in shared_jupyter.log()
 
 
-def test_sigterm_to_jupyter_leaves_nothing_behind(jupyter):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stopping_jupyter_leaves_nothing_behind(jupyter, signum):
     xpra_ready(jupyter)
     runtime = jupyter.runtime_dir("xpra")
     everything = jupyter.descendants()
     assert len(everything) >= 4
-    jupyter.proc.send_signal(signal.SIGTERM)
+    jupyter.proc.send_signal(signum)
     jupyter.proc.wait(15)
     deadline = time.monotonic() + 10
     left = everything

@@ -83,7 +83,8 @@ class Launcher:
         self.prefix = prefix
         self.parent_pid = parent_pid
         self.state = "stopped"  # stopped | starting | running | failed | stopping
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # the app's main process
+        self.companions: list[subprocess.Popen[bytes]] = []  # processes beside it
         self.started_at = 0.0
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.failure: Failure | None = None
@@ -210,33 +211,41 @@ class Launcher:
             prefix=self.prefix,
             settings=settings.values,
         )
+        argv: list[str] = []
         try:
             if self.app.prepare is not None:
                 self.app.prepare(launch)
-            argv = self.app.command(launch)
             env.update(self.app.environment(launch))
-            self.proc = subprocess.Popen(
-                setup_argv(setup, argv),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
+            argv = self.app.command(launch)
+            self.proc = self._popen(setup_argv(setup, argv), env)
+            for companion in self.app.companions(launch) if self.app.companions else []:
+                argv = companion
+                self.companions.append(self._popen(companion, env))
         except OSError as err:
             self.fail(
                 "could not be started",
                 [f"Starting <code>{escape(argv[0])}</code> failed: {escape(str(err))}"],
             )
-            remove_tree(self.app_dir)
+            await self.stop_app()
             return
-        self.log(f"started pid {self.proc.pid}: {' '.join(argv)}")
-        loop = asyncio.get_running_loop()
-        assert self.proc.stdout is not None
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        loop.add_reader(self.proc.stdout.fileno(), self._read_output, self.proc)
         await self.wait_ready(launch, self.proc)
+
+    def _popen(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start one process of the app in a session of its own, its output to our log."""
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+        self.log(f"started pid {proc.pid}: {' '.join(argv)}")
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        asyncio.get_running_loop().add_reader(proc.stdout.fileno(), self._read_output, proc)
+        return proc
 
     def _read_output(self, proc: subprocess.Popen[bytes]) -> None:
         """Forward the app's output to the Jupyter log and keep its last lines."""
@@ -278,7 +287,9 @@ class Launcher:
                 )
                 self.cleanup_after_app()
                 return
-            if await http_answers(launch.socket, self.app.ready_path, min(remaining, 5.0)):
+            if await http_answers(
+                launch.socket, self.app.ready_path, min(remaining, 5.0)
+            ) and await self.banners_answer(launch, min(remaining, 5.0)):
                 if self.state == "starting" and self.proc is proc:
                     os.rename(launch.socket, self.socket_path)
                     self.stop_listening()
@@ -287,6 +298,13 @@ class Launcher:
                     self.log(f"ready after {time.monotonic() - self.started_at:.2f} s")
                 return
             await asyncio.sleep(READY_POLL)
+
+    async def banners_answer(self, launch: Launch, timeout: float) -> bool:
+        """The app's other sockets (e.g. a VNC server's) greet with their banners."""
+        for path, banner in self.app.ready_banners(launch) if self.app.ready_banners else []:
+            if not await greets(path, banner, timeout):
+                return False
+        return True
 
     def on_app_exit(self, code: int) -> None:
         """The app's main process ended: report it, clean up, and take the socket back."""
@@ -327,27 +345,30 @@ class Launcher:
 
     async def stop_app(self) -> None:
         """Stop the app and everything it started, then remove its private files."""
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            await self.stop_tree(proc)
-            if proc.stdout is not None and not proc.stdout.closed:
-                asyncio.get_running_loop().remove_reader(proc.stdout.fileno())
-                proc.stdout.close()
+        started = [p for p in (self.proc, *self.companions) if p is not None]
+        self.proc, self.companions = None, []
+        if started:
+            await self.stop_tree(started)
+            for proc in started:
+                if proc.stdout is not None and not proc.stdout.closed:
+                    asyncio.get_running_loop().remove_reader(proc.stdout.fileno())
+                    proc.stdout.close()
         remove_tree(self.app_dir)
 
-    async def stop_tree(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGTERM the app, then HUP+TERM all left in its session or below us; KILL after grace."""
+    async def stop_tree(self, started: list[subprocess.Popen[bytes]]) -> None:
+        """SIGTERM what we started, then HUP+TERM all left in their sessions or below us;
+        SIGKILL after the grace period."""
         me = os.getpid()
+        leaders = {p.pid for p in started}
 
         def alive() -> set[int]:
             snapshot = procs.all_processes()
-            return (procs.session_members(proc.pid, snapshot) | procs.descendants(me, snapshot)) - {
-                me
-            }
+            members = set().union(*(procs.session_members(pid, snapshot) for pid in leaders))
+            return (members | procs.descendants(me, snapshot)) - {me}
 
         grace = self.app.stop_grace
-        procs.send({proc.pid}, signal.SIGTERM)
-        await self._wait_until(lambda: proc.pid not in alive(), grace / 2)
+        procs.send(leaders, signal.SIGTERM)
+        await self._wait_until(lambda: not (leaders & alive()), grace / 2)
         left = alive()
         procs.send(left, signal.SIGHUP)  # what interactive shells in the session honour
         procs.send(left, signal.SIGTERM)
@@ -463,9 +484,10 @@ class Launcher:
     # ---------------------------------------------------------------- process-wide
     def on_sigchld(self) -> None:
         for pid, status in procs.reap_children().items():
-            if self.proc is not None and pid == self.proc.pid:
-                self.proc.returncode = procs.exit_code(status)
-                self.on_app_exit(self.proc.returncode)
+            for proc in (self.proc, *self.companions):
+                if proc is not None and pid == proc.pid:
+                    proc.returncode = procs.exit_code(status)
+                    self.on_app_exit(proc.returncode)
 
     def request_shutdown(self, signum: int) -> None:
         if self.state != "stopping":
@@ -528,6 +550,20 @@ async def http_answers(socket_path: Path, path: str, timeout: float) -> bool:
         line = await asyncio.wait_for(reader.readline(), timeout)
         return line.startswith(b"HTTP/")
     except (OSError, asyncio.TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
+async def greets(socket_path: Path, banner: bytes, timeout: float) -> bool:
+    """True once a connection to ``socket_path`` is greeted with ``banner`` (e.g. b"RFB ")."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), 1)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    try:
+        return (await asyncio.wait_for(reader.readexactly(len(banner)), timeout)) == banner
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
         return False
     finally:
         writer.close()

@@ -73,7 +73,9 @@ class AppSpec:
     the app's main program. ``page_script``, if set, returns a ``<script>`` that the
     Jupyter server puts into the app's HTML entry page (``html_paths``), so the browser
     receives the secret without it ever being in a URL. ``settings`` declares the
-    app's own site-configuration keys.
+    app's own site-configuration keys. ``companions`` are more processes started beside
+    the main one (e.g. websockify in front of a VNC server), without ``setup``; the app
+    is ready when ``socket`` answers HTTP and each of ``ready_banners`` greets.
     """
 
     name: str
@@ -92,6 +94,8 @@ class AppSpec:
     description: str = ""
     settings: tuple[Setting, ...] = ()
     version_args: tuple[str, ...] | None = None
+    companions: Callable[[Launch], list[list[str]]] | None = None
+    ready_banners: Callable[[Launch], list[tuple[Path, bytes]]] | None = None
 
     def requirements(self, settings: Mapping[str, object]) -> tuple[Requirement, ...]:
         """What must be installed, for these settings (the session program may vary)."""

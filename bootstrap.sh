@@ -21,12 +21,13 @@ esac
 apt_packages=(
   python3 python3-venv python3-pip
   xpra python3-pil python3-lz4 xvfb xterm xauth x11-utils xclip
+  tigervnc-standalone-server tigervnc-tools novnc openbox x11-xserver-utils
   iproute2 procps util-linux
   chromium fonts-dejavu-core xfonts-base
   ca-certificates
 )
 # Executables those packages provide, checked when we cannot install as root.
-needed_commands=(python3 xpra Xvfb xterm xdpyinfo xclip ss setpriv chromium)
+needed_commands=(python3 xpra Xvfb xterm xdpyinfo xclip vncserver vncpasswd openbox xrandr ss setpriv chromium)
 
 say() { printf '\n==> %s\n' "$*"; }
 

@@ -9,6 +9,7 @@ from .spec import AppSpec
 #: Entry-point names (a public contract) and the modules holding their ``APP`` spec.
 APP_MODULES = {
     "xpra": "hpc_proxies.xpra",
+    "vnc": "hpc_proxies.vnc",
 }
 
 

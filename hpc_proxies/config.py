@@ -151,7 +151,13 @@ def _closest(word: str, options) -> str:
 
 
 def _type_name(setting: Setting) -> str:
-    names = {bool: "true or false", float: "a number", str: "a string", dict: "a table of strings"}
+    names = {
+        bool: "true or false",
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        dict: "a table of strings",
+    }
     if setting.choices:
         return "one of " + ", ".join(repr(c) for c in setting.choices)
     return names[setting.type]
@@ -161,6 +167,8 @@ def _check_value(setting: Setting, value: object, where: str) -> list[str]:
     ok: bool
     if setting.type is bool:
         ok = isinstance(value, bool)
+    elif setting.type is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
     elif setting.type is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
     elif setting.type is dict:

@@ -66,6 +66,9 @@ def resolve(
     else:
         search_path, detail = env.get("PATH", os.defpath), ""
         found = {r.executable: shutil.which(r.executable, path=search_path) for r in reqs}
+    for req in reqs:
+        if req.is_file:
+            found[req.executable] = req.executable if os.path.isfile(req.executable) else None
     missing = [Missing(r, search_path) for r in reqs if not found.get(r.executable)]
     if missing:
         raise MissingExecutables(missing, setup, detail)
@@ -73,7 +76,7 @@ def resolve(
 
 
 def _resolve_after_setup(reqs, setup: str, env) -> tuple[dict[str, str | None], str, str]:
-    names = " ".join(shlex.quote(r.executable) for r in reqs)
+    names = " ".join(shlex.quote(r.executable) for r in reqs if not r.is_file)
     script = (
         f"{setup}\n"
         f'for exe in {names}; do printf "%s\\t%s\\n" "$exe" "$(command -v "$exe")"; done\n'

@@ -206,7 +206,11 @@ class Launcher:
             runtime_dir=self.runtime_dir,
             app_dir=self.app_dir,
             socket=self.app_dir / APP_SOCKET,
-            secret_file=write_secret(self.app_dir) if self.app.secret else None,
+            secret_file=(
+                write_secret(self.app_dir, nbytes=self.app.secret_bytes)
+                if self.app.secret
+                else None
+            ),
             executables=executables,
             prefix=self.prefix,
             settings=settings.values,

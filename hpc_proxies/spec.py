@@ -15,10 +15,12 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Requirement:
-    """An executable the app cannot start without, and how a user gets it."""
+    """An executable (or, with ``is_file``, a data file) the app cannot start without,
+    and how a user gets it."""
 
     executable: str
     install_hint: str
+    is_file: bool = False
 
 
 Requirements = tuple[Requirement, ...]
@@ -86,6 +88,7 @@ class AppSpec:
     environment: Callable[[Launch], dict[str, str]] = _no_environment
     prepare: Callable[[Launch], None] | None = None
     secret: bool = False
+    secret_bytes: int = 24
     page_script: Callable[[str], str] | None = None
     html_paths: tuple[str, ...] = ("/", "/index.html")
     ready_path: str = "/"

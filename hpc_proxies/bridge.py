@@ -1,0 +1,111 @@
+"""A websocket-to-unix-socket bridge that also serves a static web client.
+
+    python -m hpc_proxies.bridge --listen SOCK --target RFB_SOCK --web DIR --index PAGE
+
+Apps that speak a raw protocol (a VNC server's RFB) need a web client (noVNC) and a
+websocket that carries the protocol. jupyter-server-proxy's ``raw_socket_proxy``
+answers every plain HTTP request with 405 (so the client cannot be served under the
+same URL) and has no backpressure (the Jupyter server grows to a gigabyte behind a
+slow browser). This bridge is a companion process on the app's private socket:
+
+* ``GET /`` sends the browser on to ``PAGE`` with the query the client needs;
+* every other path is a file of ``DIR`` (no CSP sandbox, so ES modules load);
+* a websocket on ``/websockify`` is joined to ``--target``, with backpressure both
+  ways and no permessage-deflate (which would cost the proxy hop a factor of ten).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import html
+import json
+import os
+import signal
+from pathlib import Path
+
+from aiohttp import WSMsgType, web
+
+CHUNK = 256 * 1024
+
+
+async def _target_to_browser(reader: asyncio.StreamReader, ws: web.WebSocketResponse) -> None:
+    while chunk := await reader.read(CHUNK):
+        await ws.send_bytes(chunk)  # waits while the browser side is slow: backpressure
+
+
+async def _browser_to_target(ws: web.WebSocketResponse, writer: asyncio.StreamWriter) -> None:
+    async for msg in ws:
+        if msg.type == WSMsgType.BINARY:
+            writer.write(msg.data)
+        elif msg.type == WSMsgType.TEXT:
+            writer.write(msg.data.encode())
+        else:
+            break
+        await writer.drain()  # waits while the target is slow
+
+
+def make_app(target: Path, web_dir: Path, index: str, query: str) -> web.Application:
+    async def websocket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("binary",), compress=False, max_msg_size=0)
+        await ws.prepare(request)
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(target))
+        except OSError as err:
+            await ws.close(code=1011, message=f"cannot reach the app: {err.strerror}".encode())
+            return ws
+        up = asyncio.ensure_future(_browser_to_target(ws, writer))
+        down = asyncio.ensure_future(_target_to_browser(reader, ws))
+        try:
+            await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (up, down):
+                task.cancel()
+            writer.close()
+            await ws.close()
+        return ws
+
+    async def start_page(request: web.Request) -> web.Response:
+        url = f"{index}?{query}"
+        body = (
+            "<!DOCTYPE html><meta charset='utf-8'><title>Opening…</title>"
+            f"<a href='{html.escape(url)}'>Open the desktop</a>"
+            f"<script>location.replace({json.dumps(url)})</script>"
+        )
+        return web.Response(text=body, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", start_page)
+    app.router.add_get("/websockify", websocket)
+    app.router.add_static("/", web_dir, follow_symlinks=True)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m hpc_proxies.bridge", description=__doc__)
+    parser.add_argument("--listen", required=True, type=Path, help="unix socket to serve on")
+    parser.add_argument("--target", required=True, type=Path, help="unix socket to join to")
+    parser.add_argument("--web", required=True, type=Path, help="directory of the web client")
+    parser.add_argument("--index", required=True, help="the client's page, e.g. vnc.html")
+    parser.add_argument("--query", default="", help="query string GET / sends it with")
+    args = parser.parse_args(argv)
+
+    async def serve() -> None:
+        runner = web.AppRunner(
+            make_app(args.target, args.web, args.index, args.query), access_log=None
+        )
+        await runner.setup()
+        await web.UnixSite(runner, str(args.listen)).start()
+        os.chmod(args.listen, 0o600)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""VNC desktop: TigerVNC (or TurboVNC) on a private socket, noVNC in the browser.
+
+The VNC server listens only on a unix socket in the launch's private directory
+(``-rfbunixpath``; no TCP port), with a one-time VncAuth password in a 0600 file. A
+companion, :mod:`hpc_proxies.bridge`, serves noVNC on the launch socket and joins its
+websocket to the VNC server. The Jupyter server fills the password into noVNC's
+credentials dialog from the page it serves, so it is never in a URL or an argv.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlencode
+
+from ..runtime import read_secret, write_private_file
+from ..serverproxy import server_process
+from ..spec import AppSpec, Launch, Requirement, Setting
+
+VNCSERVER = "vncserver"
+DEFAULT_SESSION = "xterm &\nexec openbox"
+DEFAULT_NOVNC = "/usr/share/novnc"
+RFB_SOCKET = "rfb.sock"
+#: VncAuth uses at most 8 characters of a password.
+PASSWORD_LENGTH = 8
+
+
+def is_turbovnc(vncserver: str) -> bool:
+    """TurboVNC's vncserver script names itself; TigerVNC's does not mention TurboVNC."""
+    try:
+        head = Path(vncserver).read_bytes()[:20000]
+    except OSError:
+        return False
+    return b"TurboVNC" in head
+
+
+def server_argv(launch: Launch, turbo: bool) -> list[str]:
+    """The vncserver command line: unix socket only, VncAuth with the launch's file."""
+    settings = launch.settings
+    common = [
+        launch.executable,
+        "-fg",
+        "-xstartup",
+        str(launch.app_dir / "xstartup"),
+        "-rfbunixpath",
+        str(launch.app_dir / RFB_SOCKET),
+        "-rfbunixmode",
+        "0600",
+        "-geometry",
+        str(settings.get("geometry", "1280x800")),
+        "-depth",
+        str(settings.get("depth", 24)),
+    ]
+    if turbo:
+        # TurboVNC opens no TCP port when given a unix socket (and refuses -rfbport -1).
+        return [*common, "-securitytypes", "VNC", "-rfbauth", str(launch.app_dir / "passwd")]
+    return [
+        *common,
+        "-rfbport",
+        "-1",
+        "-localhost",
+        "yes",
+        "-SecurityTypes",
+        "VncAuth",
+        "-PasswordFile",
+        str(launch.app_dir / "passwd"),
+    ]
+
+
+def command(launch: Launch) -> list[str]:
+    return server_argv(launch, is_turbovnc(launch.executable))
+
+
+def companions(launch: Launch) -> list[list[str]]:
+    query = urlencode(
+        {
+            "autoconnect": "1",
+            "resize": "remote",
+            "reconnect": "1",
+            "reconnect_delay": "1000",
+            "path": launch.prefix.lstrip("/") + "websockify",
+        }
+    )
+    return [
+        [
+            sys.executable,
+            "-m",
+            "hpc_proxies.bridge",
+            "--listen",
+            str(launch.socket),
+            "--target",
+            str(launch.app_dir / RFB_SOCKET),
+            "--web",
+            str(launch.settings.get("novnc_dir", DEFAULT_NOVNC)),
+            "--index",
+            "vnc.html",
+            "--query",
+            query,
+        ]
+    ]
+
+
+def ready_banners(launch: Launch) -> list[tuple[Path, bytes]]:
+    return [(launch.app_dir / RFB_SOCKET, b"RFB ")]
+
+
+def prepare(launch: Launch) -> None:
+    """The session script, the X authority file and the VncAuth password file."""
+    session = str(launch.settings.get("session", DEFAULT_SESSION))
+    xstartup = write_private_file(
+        launch.app_dir / "xstartup", f"#!/bin/sh\n# the session, from hpc-proxies\n{session}\n"
+    )
+    xstartup.chmod(0o700)
+    write_private_file(launch.app_dir / "Xauthority", b"")
+    assert launch.secret_file is not None
+    obfuscated = subprocess.run(
+        [launch.executables["vncpasswd"], "-f"],
+        input=read_secret(launch.secret_file).encode(),
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    write_private_file(launch.app_dir / "passwd", obfuscated)
+
+
+def environment(launch: Launch) -> dict[str, str]:
+    return {"XAUTHORITY": str(launch.app_dir / "Xauthority")}
+
+
+def page_script(password: str) -> str:
+    """Answer noVNC's credentials dialog with the launch password whenever it opens
+    (first connection and every reconnection), so it never goes through a URL."""
+    return (
+        "<script>(function(){const pw=" + json.dumps(password) + ";"
+        "function fill(){const d=document.getElementById('noVNC_credentials_dlg');"
+        "const i=document.getElementById('noVNC_password_input');"
+        "if(d&&i&&d.classList.contains('noVNC_open')&&!i.value){i.value=pw;"
+        "document.getElementById('noVNC_credentials_button').click();}}"
+        "new MutationObserver(fill).observe(document.documentElement,"
+        "{subtree:true,attributes:true,attributeFilter:['class']});})();</script>"
+    )
+
+
+def requires(settings) -> tuple[Requirement, ...]:
+    novnc = Path(str(settings.get("novnc_dir") or DEFAULT_NOVNC)) / "vnc.html"
+    reqs = [
+        Requirement(
+            VNCSERVER,
+            "TigerVNC (Debian/Ubuntu: apt install tigervnc-standalone-server) or TurboVNC",
+        ),
+        Requirement(
+            "vncpasswd",
+            "comes with the VNC server (Debian/Ubuntu: apt install tigervnc-tools)",
+        ),
+        Requirement(
+            str(novnc),
+            "noVNC's web client (Debian/Ubuntu: apt install novnc), or set "
+            "[apps.vnc] novnc_dir in the site configuration",
+            is_file=True,
+        ),
+    ]
+    if str(settings.get("session") or DEFAULT_SESSION) == DEFAULT_SESSION:
+        reqs.append(Requirement("xterm", "on Debian/Ubuntu: apt install xterm"))
+        reqs.append(Requirement("openbox", "on Debian/Ubuntu: apt install openbox"))
+    return tuple(reqs)
+
+
+APP = AppSpec(
+    name="vnc",
+    title="VNC Desktop",
+    icon="vnc",
+    description="A Linux desktop through a VNC server, in the browser with noVNC.",
+    requires=requires,
+    command=command,
+    companions=companions,
+    ready_banners=ready_banners,
+    environment=environment,
+    prepare=prepare,
+    secret=True,
+    secret_bytes=6,  # 8 characters: all VncAuth uses
+    page_script=page_script,
+    html_paths=("/vnc.html",),
+    timeout=60.0,
+    version_args=("-version",),
+    settings=(
+        Setting(
+            "session",
+            str,
+            DEFAULT_SESSION,
+            "The session's xstartup script (shell): by default a terminal and the openbox "
+            "window manager. A user's own ~/.vnc/xstartup is not used unless this says so "
+            "(e.g. 'exec ~/.vnc/xstartup').",
+            example="exec startxfce4",
+        ),
+        Setting("geometry", str, "1280x800", "The desktop's size before the browser resizes it."),
+        Setting("depth", int, 24, "Colour depth in bits.", choices=(16, 24, 32)),
+        Setting(
+            "novnc_dir",
+            str,
+            DEFAULT_NOVNC,
+            "Directory of the noVNC web client (it holds vnc.html).",
+            example="/opt/novnc",
+        ),
+    ),
+)
+
+
+def setup_vnc() -> dict:
+    """Entry point for jupyter-server-proxy: the "VNC Desktop" tile."""
+    return server_process(APP)

@@ -109,7 +109,9 @@ def test_status_json_and_a_missing_executable(three, tmp_path):
     data = json.loads(done.stdout)
     assert data["files"] == [str(three)] and data["valid"] is True
     assert data["system"] == "laptop"
-    (xpra,) = data["apps"]
+    assert [app["app"] for app in data["apps"]] == ["xpra", "vnc"]
+    xpra, vnc = data["apps"]
+    assert vnc["missing"][:2] == ["vncserver", "vncpasswd"]
     assert xpra["executable"] is None
     assert xpra["missing"] == ["xpra", "Xvfb", "xterm"]
     assert xpra["settings"]["environment"] == {"A": "1"}

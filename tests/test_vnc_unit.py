@@ -1,0 +1,110 @@
+"""The VNC app's declarations: TigerVNC and TurboVNC command lines, secrets, settings.
+
+TurboVNC cannot be installed here, so its command line is checked against its
+documented options (TurboVNC 3.x ``vncserver`` and ``Xvnc`` man pages): ``-fg``,
+``-xstartup``, ``-rfbunixpath``/``-rfbunixmode``, ``-securitytypes VNC``, ``-rfbauth``;
+and it must not get ``-rfbport -1``, which TurboVNC rejects.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hpc_proxies import config
+from hpc_proxies.runtime import ensure_private_dir, read_secret, write_secret
+from hpc_proxies.spec import Launch
+from hpc_proxies.vnc import APP, companions, is_turbovnc, page_script, server_argv
+
+
+@pytest.fixture
+def launch(tmp_path):
+    app_dir = ensure_private_dir(tmp_path / "app")
+    return Launch(
+        name="vnc",
+        runtime_dir=tmp_path,
+        app_dir=app_dir,
+        socket=app_dir / "app.sock",
+        secret_file=write_secret(app_dir, nbytes=APP.secret_bytes),
+        executables={"vncserver": "/opt/TurboVNC/bin/vncserver", "vncpasswd": "vncpasswd"},
+        prefix="/user/ada/vnc/",
+        settings={"geometry": "1600x900", "depth": 24},
+    )
+
+
+def option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_tigervnc_listens_on_the_unix_socket_only(launch):
+    argv = server_argv(launch, turbo=False)
+    assert option(argv, "-rfbunixpath") == str(launch.app_dir / "rfb.sock")
+    assert option(argv, "-rfbunixmode") == "0600"
+    assert option(argv, "-rfbport") == "-1"
+    assert option(argv, "-SecurityTypes") == "VncAuth"
+    assert option(argv, "-PasswordFile") == str(launch.app_dir / "passwd")
+    assert option(argv, "-xstartup") == str(launch.app_dir / "xstartup")
+    assert "-fg" in argv
+    assert (option(argv, "-geometry"), option(argv, "-depth")) == ("1600x900", "24")
+
+
+def test_turbovnc_gets_its_own_option_names_and_no_rfbport(launch):
+    argv = server_argv(launch, turbo=True)
+    assert argv[0] == "/opt/TurboVNC/bin/vncserver"
+    assert "-rfbport" not in argv  # TurboVNC refuses -rfbport -1; a unix socket means no TCP
+    assert option(argv, "-rfbunixpath") == str(launch.app_dir / "rfb.sock")
+    assert option(argv, "-securitytypes") == "VNC"
+    assert option(argv, "-rfbauth") == str(launch.app_dir / "passwd")
+    assert "-SecurityTypes" not in argv and "-PasswordFile" not in argv
+    assert "-fg" in argv and option(argv, "-xstartup") == str(launch.app_dir / "xstartup")
+
+
+def test_turbovnc_is_told_apart_by_its_script(tmp_path):
+    turbo = tmp_path / "vncserver-turbo"
+    turbo.write_text("#!/usr/bin/env perl\n# TurboVNC vncserver script\n")
+    tiger = tmp_path / "vncserver-tiger"
+    tiger.write_text("#!/usr/bin/perl\n# TigerVNC vncserver\n")
+    assert is_turbovnc(str(turbo)) and not is_turbovnc(str(tiger))
+    assert not is_turbovnc(str(tmp_path / "missing"))
+    assert not is_turbovnc("/usr/bin/vncserver")  # Debian's is TigerVNC
+
+
+def test_no_secret_in_any_argv_and_the_password_fits_vncauth(launch):
+    secret = read_secret(launch.secret_file)
+    assert len(secret) == 8  # VncAuth uses 8 characters: no weaker than it must be
+    for argv in [server_argv(launch, False), server_argv(launch, True), *companions(launch)]:
+        assert not any(secret in arg for arg in argv), argv
+
+
+def test_the_bridge_sends_the_browser_to_novnc_under_the_prefix(launch):
+    (bridge,) = companions(launch)
+    assert bridge[1:3] == ["-m", "hpc_proxies.bridge"]
+    assert option(bridge, "--listen") == str(launch.socket)
+    assert option(bridge, "--target") == str(launch.app_dir / "rfb.sock")
+    query = option(bridge, "--query")
+    assert "path=user%2Fada%2Fvnc%2Fwebsockify" in query
+    assert "resize=remote" in query and "autoconnect=1" in query and "reconnect=1" in query
+    assert "password" not in query
+
+
+def test_page_script_only_fills_the_credentials_dialog():
+    script = page_script("p4ss'</")
+    assert script.startswith("<script>") and script.endswith("</script>")
+    assert '"p4ss\'</"' in script
+    assert "noVNC_credentials_dlg" in script and "noVNC_password_input" in script
+
+
+def test_vnc_settings_are_validated(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[apps.vnc]\ndepth = 12\ngeometry = 1280\n")
+    site = config.load(env={}, hostname="x", files=[path])
+    assert site.error is not None
+    text = str(site.error)
+    assert "apps.vnc.depth: expected one of 16, 24, 32, got 12" in text
+    assert "apps.vnc.geometry: expected a string, got 1280" in text
+
+
+def test_custom_session_needs_no_openbox():
+    default = {r.executable for r in APP.requirements({})}
+    custom = {r.executable for r in APP.requirements({"session": "exec startxfce4"})}
+    assert {"vncserver", "vncpasswd", "xterm", "openbox"} <= default
+    assert "openbox" not in custom and "vncserver" in custom

@@ -48,7 +48,7 @@ from .spec import AppSpec, Launch
 APP_DIR = "app"
 APP_SOCKET = "app.sock"
 TAIL_LINES = 40
-READY_POLL = 0.1
+READY_POLL = 0.05
 
 
 @dataclass

@@ -1,0 +1,179 @@
+"""What every app's benchmark needs: start an app directly or through Jupyter, time
+it, stop it, and weigh its processes. The direct path uses exactly the argv the app
+module builds, so the two paths differ only by hpc-proxies and Jupyter."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import free_port, kill_leftovers, start_jupyter  # noqa: E402, F401
+
+from hpc_proxies import config, procs  # noqa: E402
+from hpc_proxies.executables import requirements, resolve  # noqa: E402
+from hpc_proxies.launcher import greets, http_answers  # noqa: E402
+from hpc_proxies.runtime import ensure_private_dir, write_secret  # noqa: E402
+from hpc_proxies.spec import AppSpec, Launch  # noqa: E402
+
+PROBE = {"X-HPC-Proxies-Probe": "1"}
+
+
+def direct_launch(
+    app: AppSpec, tmp: Path, extra_args: list[str] = ()
+) -> tuple[list[subprocess.Popen], Launch]:
+    """Start ``app`` by hand in ``tmp``, as the launcher would (main process, companions)."""
+    settings = config.app_defaults(app)
+    app_dir = ensure_private_dir(tmp / "app")
+    launch = Launch(
+        name=app.name,
+        runtime_dir=tmp,
+        app_dir=app_dir,
+        socket=app_dir / "app.sock",
+        secret_file=write_secret(app_dir, nbytes=app.secret_bytes) if app.secret else None,
+        executables=resolve(requirements(app, settings)),
+        prefix=f"/{app.name}/",
+        settings=settings,
+    )
+    if app.prepare is not None:
+        app.prepare(launch)
+    env = dict(os.environ, **app.environment(launch))
+    argvs = [[*app.command(launch), *extra_args]]
+    argvs += app.companions(launch) if app.companions else []
+    started = [
+        subprocess.Popen(
+            argv,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for argv in argvs
+    ]
+    return started, launch
+
+
+async def direct_ready(app: AppSpec, launch: Launch) -> bool:
+    banners = app.ready_banners(launch) if app.ready_banners else []
+    if not await http_answers(launch.socket, app.ready_path, 5):
+        return False
+    return all([await greets(path, banner, 5) for path, banner in banners])
+
+
+def stop_tree(roots: list[int]) -> None:
+    pids = set(roots)
+    for root in roots:
+        pids |= procs.descendants(root) | procs.session_members(root)
+    procs.send(pids, signal.SIGHUP)
+    procs.send(pids, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(procs.proc_info(p) for p in pids):
+        procs.reap_children()
+        time.sleep(0.05)
+    procs.send({p for p in pids if procs.proc_info(p)}, signal.SIGKILL)
+    procs.reap_children()
+
+
+def time_direct(app: AppSpec) -> float:
+    """Seconds from exec to ready, started by hand."""
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o700)
+        t0 = time.monotonic()
+        started, launch = direct_launch(app, Path(tmp))
+        try:
+            while not asyncio.run(direct_ready(app, launch)):
+                time.sleep(0.02)
+            return time.monotonic() - t0
+        finally:
+            stop_tree([p.pid for p in started])
+
+
+def stop_for_a_fresh_launch(server, app: str) -> None:
+    """kill -9 the app's main process; wait until the launcher has cleaned up after it."""
+    try:
+        launcher = server.launcher_pid(app)
+    except AssertionError:
+        return  # not launched yet
+    children = sorted(p.pid for p in procs.all_processes() if p.ppid == launcher)
+    if not children:
+        return
+    os.kill(children[0], signal.SIGKILL)
+    while server.request(f"/{app}/", headers=PROBE).headers.get("X-HPC-Proxies-State") not in (
+        "stopped",
+        "failed",
+    ):
+        time.sleep(0.02)
+
+
+def time_proxied(server, app: str) -> float:
+    """Seconds from the first request of a fresh launch to the app's own answer."""
+    stop_for_a_fresh_launch(server, app)
+    t0 = time.monotonic()
+    while True:
+        resp = server.request(f"/{app}/")
+        if "X-HPC-Proxies-State" not in resp.headers and resp.status == 200:
+            return time.monotonic() - t0
+        time.sleep(0.02)
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def memory(server, app: str) -> dict[str, float]:
+    """PSS in MiB of the session's processes, by program name."""
+    launcher = server.launcher_pid(app)
+    by_name: dict[str, float] = {}
+    for pid in {launcher} | procs.descendants(launcher):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        name = "launcher" if pid == launcher else Path(argv[0].decode()).name
+        if name.startswith("python") or name == "perl":
+            name = ".".join(a.decode() for a in argv[1:3] if a != b"-m") or name
+            name = Path(name).name
+        by_name[name] = by_name.get(name, 0) + pss_kib(pid) / 1024
+    return by_name
+
+
+def print_memory(mem: dict[str, float]) -> None:
+    total = sum(mem.values())
+    print("Memory (PSS, MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(mem.items())))
+    launcher = mem.get("launcher", 0)
+    print(
+        f"  session total {total:.0f} MiB; the launcher is {launcher:.0f} MiB "
+        f"({launcher / total:.1%})"
+    )
+
+
+async def open_in_chromium(url: str, wait_js: str, t0: float | None = None) -> float:
+    """Seconds from ``t0`` (default: opening ``url``) until ``wait_js`` is true in the page."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = await browser.new_page(viewport={"width": 1280, "height": 800})
+        t0 = time.monotonic() if t0 is None else t0
+        await page.goto(url)
+        await page.wait_for_function(wait_js, timeout=60_000, polling=50)
+        elapsed = time.monotonic() - t0
+        await browser.close()
+        return elapsed

@@ -1,0 +1,81 @@
+"""VNC desktop start-up time, click-to-connected and memory, vs TigerVNC started directly.
+
+    .venv/bin/python bench/vnc_bench.py [--runs 5] [--browser]
+
+* direct: vncserver and the bridge with exactly the app module's argv, timed from
+  exec until the VNC socket greets with ``RFB`` and the bridge answers HTTP;
+* proxied: a fresh launch through Jupyter (kill -9 of the VNC server first), from the
+  first GET /vnc/ to the bridge's own answer;
+* memory: PSS of every process of the session;
+* --browser: from opening /vnc/ (a fresh launch, as a click on the tile) to noVNC
+  connected with the desktop drawn, and the same with the desktop already running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+from pathlib import Path
+
+from common import (
+    kill_leftovers,
+    memory,
+    open_in_chromium,
+    print_memory,
+    start_jupyter,
+    stop_for_a_fresh_launch,
+    time_direct,
+    time_proxied,
+)
+
+from hpc_proxies.vnc import APP
+
+CONNECTED = """() => {
+    const c = document.querySelector('#noVNC_container canvas');
+    return !!(c && c.width > 100 && document.documentElement.classList.contains('noVNC_connected'));
+}"""
+
+
+def browser(server, cold: bool) -> float:
+    if cold:
+        stop_for_a_fresh_launch(server, "vnc")
+    else:
+        server.wait_for_app("/vnc/")
+    return asyncio.run(open_in_chromium(f"{server.url}/vnc/?token={server.token}", CONNECTED))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--browser", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_jupyter(Path(tmp))
+        try:
+            direct, proxied = [], []
+            for _ in range(args.runs):
+                direct.append(time_direct(APP))
+                proxied.append(time_proxied(server, "vnc"))
+            d, p = statistics.median(direct), statistics.median(proxied)
+            print(f"VNC ready, direct : median {d:.2f} s  {[round(x, 2) for x in direct]}")
+            print(f"VNC ready, proxied: median {p:.2f} s  {[round(x, 2) for x in proxied]}")
+            print(f"  ratio proxied/direct: {p / d:.2f}  (+{p - d:.2f} s)")
+            print_memory(memory(server, "vnc"))
+            if args.browser:
+                for cold in (True, False):
+                    times = [browser(server, cold) for _ in range(max(2, args.runs // 2))]
+                    label = "click (fresh launch)" if cold else "reopen (desktop running)"
+                    print(
+                        f"{label} to noVNC connected: median {statistics.median(times):.2f} s "
+                        f"{[round(x, 2) for x in times]}"
+                    )
+        finally:
+            left = server.descendants()
+            server.stop()
+            kill_leftovers(left)
+
+
+if __name__ == "__main__":
+    main()

@@ -42,6 +42,7 @@ def test_tigervnc_listens_on_the_unix_socket_only(launch):
     assert option(argv, "-rfbport") == "-1"
     assert option(argv, "-SecurityTypes") == "VncAuth"
     assert option(argv, "-PasswordFile") == str(launch.app_dir / "passwd")
+    assert "-UseBlacklist=0" in argv  # one peer address on a unix socket: no lock-outs
     assert option(argv, "-xstartup") == str(launch.app_dir / "xstartup")
     assert "-fg" in argv
     assert (option(argv, "-geometry"), option(argv, "-depth")) == ("1600x900", "24")

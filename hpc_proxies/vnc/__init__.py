@@ -66,6 +66,11 @@ def server_argv(launch: Launch, turbo: bool) -> list[str]:
         "VncAuth",
         "-PasswordFile",
         str(launch.app_dir / "passwd"),
+        # TigerVNC black-lists a peer address after 5 connections that did not log in;
+        # on a unix socket every peer has the same address, so readiness probes and a
+        # few reconnects would lock the user out of their own desktop. Only the user's
+        # Jupyter server can reach this socket, so the blacklist protects nothing here.
+        "-UseBlacklist=0",
     ]
 
 

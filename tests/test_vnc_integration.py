@@ -1,0 +1,320 @@
+"""The VNC desktop behind a real Jupyter server: real TigerVNC, noVNC, sockets, processes."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import aiohttp
+import pytest
+from rfb_wire import SECURITY_VNCAUTH, VERSION, banner, direct_handshake, handshake
+from test_xpra_integration import as_nobody, cmdline, find_process
+
+from hpc_proxies import procs
+
+GEOMETRY = (1280, 800)  # the app's default "geometry"
+
+
+def vnc_ready(server):
+    return server.wait_for_app("/vnc/")
+
+
+def app_dir(server) -> Path:
+    return server.runtime_dir("vnc") / "app"
+
+
+def secret_of(server) -> str:
+    return (app_dir(server) / "secret").read_text()
+
+
+def session_pids(server) -> set[int]:
+    launcher = server.launcher_pid("vnc")
+    return {launcher} | procs.descendants(launcher)
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if (info := procs.proc_info(pid)) and info.state != "Z"}
+
+
+def wait_gone(pids: set[int], timeout: float) -> set[int]:
+    """Wait until none of ``pids`` runs any more; return those still running."""
+    deadline = time.monotonic() + timeout
+    left = alive(pids)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = alive(left)
+    return left
+
+
+def bridge_pid(pids: set[int]) -> int:
+    for pid in pids:
+        if "hpc_proxies.bridge" in cmdline(pid):
+            return pid
+    raise AssertionError(f"no hpc_proxies.bridge among {[cmdline(p) for p in sorted(pids)]}")
+
+
+def tigervnc_tmpdir(xvnc: int) -> Path:
+    """vncserver copies the password file into a /tmp/tigervnc.XXXXXX directory of its own."""
+    argv = cmdline(xvnc)
+    path = Path(argv[argv.index("-PasswordFile") + 1])
+    assert path.parent.name.startswith("tigervnc."), argv
+    return path.parent
+
+
+def tigervnc_tmpdirs() -> set[Path]:
+    return set(Path("/tmp").glob("tigervnc.*"))
+
+
+def ws_url(server) -> str:
+    return f"ws://127.0.0.1:{server.port}/vnc/websockify"
+
+
+def auth(server) -> dict[str, str]:
+    return {"Authorization": f"token {server.token}"}
+
+
+def wrong_password(secret: str) -> str:
+    """Differs from ``secret`` in its first character, well within VncAuth's 8."""
+    return ("x" if secret[0] != "x" else "y") + secret[1:]
+
+
+def test_first_request_shows_progress_then_novnc_with_the_password_filled_in(shared_jupyter):
+    first = shared_jupyter.request("/vnc/")  # the module's first request: VNC is not up yet
+    assert first.status == 503, first.text[:500]
+    assert first.headers.get("X-HPC-Proxies-State") == "starting"
+    assert "Starting VNC Desktop" in first.text
+
+    start = vnc_ready(shared_jupyter)
+    assert start.status == 200, start.text[:500]
+    secret = secret_of(shared_jupyter)
+    assert secret not in start.text
+    assert "Location" not in start.headers
+    (href,) = re.findall(r"href='([^']*)'", start.text)
+    (script,) = re.findall(r"location\.replace\((\"[^\"]*\")\)", start.text)
+    target = json.loads(script)
+    assert html.unescape(href) == target
+    url = urlparse(target)
+    assert url.path == "vnc.html" and not url.scheme and not url.netloc, target
+    query = parse_qs(url.query)
+    assert query["autoconnect"] == ["1"], target
+    assert query["resize"] == ["remote"], target
+    assert query["path"] == ["vnc/websockify"], target
+    assert "password" not in query and secret not in target, target
+
+    # What the browser then loads: noVNC, with the credentials script right after <head>.
+    injected = '<head><script>(function(){const pw="' + secret + '";'
+    for path in ("/vnc/" + target, "/vnc/vnc.html"):
+        page = shared_jupyter.request(path)
+        assert page.status == 200, (path, page.status, page.text[:500])
+        assert page.headers.get("Cache-Control") == "no-store", (path, dict(page.headers))
+        assert "X-HPC-Proxies-State" not in page.headers
+        assert "<title>noVNC</title>" in page.text
+        assert page.text.count(injected) == 1, (path, page.text[:800])
+        assert page.text.count(secret) == 1, "the password only in the injected script"
+    ui = shared_jupyter.request("/vnc/app/ui.js")
+    assert ui.status == 200 and b"noVNC_credentials_dlg" in ui.body
+    assert secret.encode() not in ui.body, "only vnc.html gets the password"
+
+
+def test_websocket_speaks_rfb_only_with_jupyter_auth(shared_jupyter):
+    vnc_ready(shared_jupyter)
+    url = ws_url(shared_jupyter)
+    assert banner(url, headers=auth(shared_jupyter)) == VERSION
+    for headers in (None, {"Authorization": "token not-" + shared_jupyter.token}):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            banner(url, headers=headers)
+        assert err.value.status == 403, (headers, err.value)
+
+
+def test_vncauth_is_required_and_checks_the_launch_password(shared_jupyter):
+    vnc_ready(shared_jupyter)
+    url, headers = ws_url(shared_jupyter), auth(shared_jupyter)
+    secret = secret_of(shared_jupyter)
+    rfb_socket = str(app_dir(shared_jupyter) / "rfb.sock")
+
+    # Through Jupyter and straight at the VNC server: VncAuth is the only type (no None).
+    assert handshake(url, None, headers=headers) == ("types", (SECURITY_VNCAUTH,))
+    assert direct_handshake(rfb_socket, None) == ("types", (SECURITY_VNCAUTH,))
+
+    ok = handshake(url, secret, headers=headers)
+    assert ok[:3] == ("ok", *GEOMETRY), ok
+    assert ok[3], f"ServerInit without a desktop name: {ok}"
+
+    refused = handshake(url, wrong_password(secret), headers=headers)
+    assert refused[0] == "refused" and "authentication" in refused[1].lower(), refused
+    assert direct_handshake(rfb_socket, secret)[:3] == ("ok", *GEOMETRY)
+    # The launch socket is the bridge's now: its websocket reaches the same server.
+    via_bridge = handshake(
+        "ws://localhost/websockify",
+        secret,
+        unix_socket=str(shared_jupyter.runtime_dir("vnc") / "socket"),
+    )
+    assert via_bridge[:3] == ("ok", *GEOMETRY), via_bridge
+
+
+def test_no_tcp_or_udp_listener_in_the_session(shared_jupyter):
+    vnc_ready(shared_jupyter)
+    pids = session_pids(shared_jupyter)
+    for needle in ("vncserver", "Xtigervnc", "xterm", "openbox"):
+        find_process(pids, needle)
+    bridge_pid(pids)
+    listeners = subprocess.run(["ss", "-Htulnp"], capture_output=True, text=True).stdout
+    owners = {int(p) for p in re.findall(r"pid=(\d+)", listeners)}
+    assert shared_jupyter.proc.pid in owners, (
+        f"ss must show the Jupyter server's port:\n{listeners}"
+    )
+    assert not (owners & pids), f"session processes listening on TCP/UDP:\n{listeners}"
+    # Positive control for the session's side: ss attributes its unix sockets to it.
+    unix = subprocess.run(["ss", "-Hxlp"], capture_output=True, text=True).stdout
+    rfb_socket = f"{app_dir(shared_jupyter) / 'rfb.sock'} "
+    rfb = [line for line in unix.splitlines() if rfb_socket in line]
+    xvnc = find_process(pids, "Xtigervnc")
+    assert len(rfb) == 1 and f"pid={xvnc}," in rfb[0], f"{rfb_socket} not Xtigervnc's:\n{unix}"
+
+
+def test_another_user_cannot_reach_the_sockets_or_the_display(shared_jupyter):
+    vnc_ready(shared_jupyter)
+    runtime = shared_jupyter.runtime_dir("vnc")
+    connect = (
+        "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print('ok')"
+    )
+    for sock in (runtime / "socket", runtime / "app" / "rfb.sock"):
+        mine = subprocess.run([sys.executable, "-c", connect, str(sock)], capture_output=True)
+        assert mine.returncode == 0, (sock, mine.stderr)
+        denied = as_nobody("/usr/bin/python3", "-c", connect, str(sock))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, (sock, denied)
+
+    xterm = find_process(session_pids(shared_jupyter), "xterm")
+    environ = dict(
+        item.split("=", 1)
+        for item in Path(f"/proc/{xterm}/environ").read_text().split("\0")
+        if "=" in item
+    )
+    display, xauthority = environ["DISPLAY"], environ["XAUTHORITY"]
+    assert Path(xauthority) == runtime / "app" / "Xauthority"
+
+    def xdpyinfo(display: str, xauthority: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["xdpyinfo", "-display", display],
+            env={"PATH": "/usr/bin", "XAUTHORITY": xauthority},
+            capture_output=True,
+            text=True,
+        )
+
+    owner = xdpyinfo(display, xauthority)
+    assert owner.returncode == 0, owner.stderr
+    assert f"dimensions:    {GEOMETRY[0]}x{GEOMETRY[1]} pixels" in owner.stdout
+    no_cookie = xdpyinfo(display, "/nonexistent")
+    assert no_cookie.returncode != 0, "the X server must want the cookie"
+    other = as_nobody("xdpyinfo", "-display", display)
+    assert other.returncode != 0, other.stdout
+    tcp = as_nobody("xdpyinfo", "-display", "127.0.0.1" + display)
+    assert tcp.returncode != 0, tcp.stdout
+
+
+def test_no_secret_in_any_cmdline_environment_or_log(shared_jupyter):
+    vnc_ready(shared_jupyter)
+    secret = secret_of(shared_jupyter)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            assert not any(secret in arg for arg in cmdline(int(entry))), cmdline(int(entry))
+    for pid in session_pids(shared_jupyter):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        assert secret.encode() not in environ, cmdline(pid)
+    assert secret not in shared_jupyter.log()
+
+    app = app_dir(shared_jupyter)
+    passwd = app / "passwd"
+    xvnc = find_process(session_pids(shared_jupyter), "Xtigervnc")
+    assert "-PasswordFile" in cmdline(xvnc)
+    assert str(passwd) in cmdline(find_process(session_pids(shared_jupyter), "vncserver"))
+    for path, mode in ((app.parent, 0o700), (app, 0o700), (passwd, 0o600), (app / "secret", 0o600)):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, f"{path}: {path.stat().st_mode:o}"
+    assert secret.encode() not in passwd.read_bytes(), "passwd holds the obfuscated form"
+    # vncserver's own copy of the password file, outside our runtime directory.
+    copy_dir = tigervnc_tmpdir(xvnc)
+    assert stat.S_IMODE(copy_dir.stat().st_mode) == 0o700, oct(copy_dir.stat().st_mode)
+    assert (copy_dir / "passwd").read_bytes() == passwd.read_bytes()
+    # vncserver's log in ~/.vnc (outside the runtime directory) has no secret either.
+    for log in (Path.home() / ".vnc").glob(f"{socket.gethostname()}:*.log"):
+        assert secret not in log.read_text(errors="replace"), log
+
+
+def test_kill_9_of_the_vnc_server_and_the_next_request_brings_it_back(shared_jupyter):
+    vnc_ready(shared_jupyter)
+    before = session_pids(shared_jupyter)
+    launcher = shared_jupyter.launcher_pid("vnc")
+    xvnc = find_process(before, "Xtigervnc")
+    copy_dir = tigervnc_tmpdir(xvnc)
+    old_secret = secret_of(shared_jupyter)
+    os.kill(xvnc, signal.SIGKILL)
+    left = wait_gone(before - {launcher}, 15)
+    assert not left, f"left behind: {[cmdline(pid) for pid in left]}"
+    assert not copy_dir.exists(), f"vncserver left {copy_dir} behind"
+
+    restarting = shared_jupyter.request("/vnc/")
+    assert restarting.status == 503, restarting.text[:500]
+    assert "The previous session ended" in restarting.text
+    resp = vnc_ready(shared_jupyter)
+    assert resp.status == 200 and "vnc.html?" in resp.text, resp.text[:500]
+    new_xvnc = find_process(session_pids(shared_jupyter), "Xtigervnc")
+    assert new_xvnc != xvnc
+    new_secret = secret_of(shared_jupyter)
+    assert new_secret != old_secret, "each start gets a new password"
+    headers = auth(shared_jupyter)
+    ok = handshake(ws_url(shared_jupyter), new_secret, headers=headers)
+    assert ok[:3] == ("ok", *GEOMETRY), ok
+    stale = handshake(ws_url(shared_jupyter), old_secret, headers=headers)
+    assert stale[0] == "refused", stale
+    assert "the next request starts it again" in shared_jupyter.log()
+
+
+def test_stopping_jupyter_leaves_nothing_behind(jupyter):
+    tmpdirs_before = tigervnc_tmpdirs()
+    vnc_ready(jupyter)
+    runtime = jupyter.runtime_dir("vnc")
+    everything = jupyter.descendants()
+    xvnc = find_process(everything, "Xtigervnc")
+    copy_dir = tigervnc_tmpdir(xvnc)
+    display = cmdline(xvnc)[1]
+    assert re.fullmatch(r":\d+", display), cmdline(xvnc)
+    assert len(everything) >= 6, [cmdline(pid) for pid in everything]
+
+    jupyter.proc.send_signal(signal.SIGTERM)
+    jupyter.proc.wait(15)
+    left = wait_gone(everything, 10)
+    assert not left, [cmdline(pid) for pid in left]
+    assert not runtime.exists()
+    assert not copy_dir.exists(), f"vncserver left {copy_dir} behind"
+    new_tmpdirs = tigervnc_tmpdirs() - tmpdirs_before
+    assert not new_tmpdirs, f"/tmp/tigervnc.* piling up: {sorted(new_tmpdirs)}"
+    # The X server's lock file is gone too (or, if the display number was reused
+    # meanwhile, it names another process).
+    lock = Path(f"/tmp/.X{display[1:]}-lock")
+    if lock.exists():
+        assert lock.read_text().strip() != str(xvnc), f"{lock} of the stopped Xtigervnc"
+
+
+def test_failed_logins_do_not_lock_the_user_out(shared_jupyter):
+    """TigerVNC's blacklist would refuse everyone on a unix socket after 5 failures."""
+    vnc_ready(shared_jupyter)
+    url, headers = ws_url(shared_jupyter), auth(shared_jupyter)
+    secret = secret_of(shared_jupyter)
+    for _ in range(4):
+        assert banner(url, headers=headers) == VERSION
+        assert handshake(url, wrong_password(secret), headers=headers)[0] == "refused"
+    ok = handshake(url, secret, headers=headers)
+    assert ok[:3] == ("ok", *GEOMETRY), ok

@@ -20,7 +20,9 @@ from ..serverproxy import server_process
 from ..spec import AppSpec, Launch, Requirement, Setting
 
 VNCSERVER = "vncserver"
-DEFAULT_SESSION = "xterm &\nexec openbox"
+# openbox maps windows that exist when it starts, or that it starts itself; an xterm
+# started beside it ("xterm & exec openbox") often stayed unmapped until a click.
+DEFAULT_SESSION = "exec openbox --startup xterm"
 DEFAULT_NOVNC = "/usr/share/novnc"
 RFB_SOCKET = "rfb.sock"
 #: VncAuth uses at most 8 characters of a password.
@@ -194,8 +196,8 @@ APP = AppSpec(
             "session",
             str,
             DEFAULT_SESSION,
-            "The session's xstartup script (shell): by default a terminal and the openbox "
-            "window manager. A user's own ~/.vnc/xstartup is not used unless this says so "
+            "The session's xstartup script (shell): by default the openbox window manager "
+            "starting a terminal. A user's own ~/.vnc/xstartup is not used unless this says so "
             "(e.g. 'exec ~/.vnc/xstartup').",
             example="exec startxfce4",
         ),

@@ -120,20 +120,31 @@ def test_unix_socket_true_makes_a_private_dir_nobody_removes():
 async def test_clean_exit_is_not_restarted_but_a_crash_is_at_once(tmp_path):
     """Why the launcher never exits by itself: exit 0 would leave a dead app in the
     proxy's state; a non-zero exit is restarted immediately, with no back-off."""
-    counter = tmp_path / "runs"
-    script = f"echo run >> {counter}; exit $0"
-    clean = SupervisedProcess("clean", "sh", "-c", script, "0")
-    await clean.start()
-    await asyncio.sleep(0.5)
-    assert clean.running is False
-    assert counter.read_text().count("run") == 1
+    runs = tmp_path / "runs"
 
-    counter.unlink()
-    crashing = SupervisedProcess("crash", "sh", "-c", script, "3")
+    async def count_reaches(n: int, timeout: float = 10) -> int:
+        for _ in range(int(timeout / 0.05)):
+            if runs.exists() and runs.read_text().count("run") >= n:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # and no more runs come after it
+        return runs.read_text().count("run") if runs.exists() else 0
+
+    clean = SupervisedProcess("clean", "sh", "-c", f"echo run >> {runs}; exit 0")
+    await clean.start()
+    assert await count_reaches(1) == 1
+    assert clean.running is False
+
+    runs.unlink()
+    # Crashes twice (exit 3), then stays up: the two restarts come at once, unasked.
+    script = f'echo run >> {runs}; [ "$(grep -c run {runs})" -ge 3 ] && exec sleep 60; exit 3'
+    crashing = SupervisedProcess("crash", "sh", "-c", script)
     await crashing.start()
-    await asyncio.sleep(0.5)
-    await crashing.kill()
-    assert counter.read_text().count("run") >= 3
+    try:
+        assert await count_reaches(3) == 3
+        assert crashing.running is True
+    finally:
+        await asyncio.wait_for(crashing.terminate(), 10)
 
 
 def test_simpervisor_signals_only_its_direct_child(tmp_path):

@@ -443,7 +443,7 @@ class Launcher:
                 "Cache-Control: no-store",
                 "Connection: close",
             ]
-            if status == 503:
+            if status in (202, 503):
                 response.append("Retry-After: 1")
             writer.write(("\r\n".join(response) + "\r\n\r\n").encode())
             if method != "HEAD":
@@ -483,7 +483,9 @@ class Launcher:
         html = pages.progress_page(
             self.title, elapsed, self.timeout, list(self.tail)[-15:], self.note
         )
-        return 503, "text/html; charset=utf-8", html.encode()
+        # 202 Accepted: the start is under way. (A 5xx would also have the Jupyter server
+        # log every progress page as an error, with the request's headers.)
+        return 202, "text/html; charset=utf-8", html.encode()
 
     # ---------------------------------------------------------------- process-wide
     def on_sigchld(self) -> None:
@@ -527,7 +529,13 @@ class Launcher:
         return self.exit_status
 
 
-STATUS_TEXT = {200: "OK", 502: "Bad Gateway", 503: "Service Unavailable"}
+STATUS_TEXT = {
+    200: "OK",
+    202: "Accepted",
+    403: "Forbidden",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 
 
 def parse_head(head: bytes) -> tuple[str, dict[str, str]]:

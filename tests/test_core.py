@@ -158,6 +158,7 @@ async def test_missing_executable_gives_a_readable_page(tmp_path):
     launcher = Launcher(app, ensure_private_dir(tmp_path / "run") / "socket", "/demo/", None)
     launcher.start_app()
     assert launcher.state == "starting"  # the progress page shows while programs are looked up
+    assert launcher.render(probe=False)[0] == 202  # Accepted: not an error in Jupyter's log
     await until_failed(launcher)
     status, content_type, body = launcher.render(probe=False)
     html = body.decode()

@@ -80,7 +80,8 @@ class _ReadyProbe:
 
 
 async def test_readiness_accepts_any_status(tmp_path):
-    """Why the launcher can answer the readiness check at once with a 503 progress page."""
+    """Why the launcher can answer the readiness check at once with its progress page
+    (202), or a 502/503 failure page."""
 
     async def starting(request):
         return web.Response(status=503, text="starting")

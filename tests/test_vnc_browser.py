@@ -496,7 +496,7 @@ def test_tile_connects_without_a_password_prompt_and_keys_reach_the_xterm(jupyte
         # Click: the new tab starts on our progress page, then noVNC connects.
         tab = open_from_tile(b)
         vnc_pages = [r for r in b.responses if urlsplit(r[0]).path == "/vnc/"]
-        assert vnc_pages[0][1] == 503 and "x-hpc-proxies-state" in vnc_pages[0][2], vnc_pages
+        assert vnc_pages[0][1] == 202 and "x-hpc-proxies-state" in vnc_pages[0][2], vnc_pages
         assert any(s == 200 and "x-hpc-proxies-state" not in h for _, s, h in vnc_pages), vnc_pages
         url = urlsplit(tab.url)
         query = parse_qs(url.query)

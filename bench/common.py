@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,8 +21,7 @@ from conftest import free_port, kill_leftovers, start_jupyter  # noqa: E402, F40
 
 from hpc_proxies import config, procs  # noqa: E402
 from hpc_proxies.executables import requirements, resolve  # noqa: E402
-from hpc_proxies.launcher import greets, http_answers  # noqa: E402
-from hpc_proxies.runtime import ensure_private_dir, write_secret  # noqa: E402
+from hpc_proxies.launcher import greets, http_answers, prepare_start, start_env  # noqa: E402
 from hpc_proxies.spec import AppSpec, Launch  # noqa: E402
 
 PROBE = {"X-HPC-Proxies-Probe": "1"}
@@ -32,20 +32,9 @@ def direct_launch(
 ) -> tuple[list[subprocess.Popen], Launch]:
     """Start ``app`` by hand in ``tmp``, as the launcher would (main process, companions)."""
     settings = config.app_defaults(app)
-    app_dir = ensure_private_dir(tmp / "app")
-    launch = Launch(
-        name=app.name,
-        runtime_dir=tmp,
-        app_dir=app_dir,
-        socket=app_dir / "app.sock",
-        secret_file=write_secret(app_dir, nbytes=app.secret_bytes) if app.secret else None,
-        executables=resolve(requirements(app, settings)),
-        prefix=f"/{app.name}/",
-        settings=settings,
-    )
-    if app.prepare is not None:
-        app.prepare(launch)
-    env = dict(os.environ, **app.environment(launch))
+    executables = resolve(requirements(app, settings))
+    launch = prepare_start(app, tmp, tmp / "app", f"/{app.name}/", settings, executables)
+    env = start_env(app, launch, os.environ)
     argvs = [[*app.command(launch), *extra_args]]
     argvs += app.companions(launch) if app.companions else []
     started = [
@@ -122,6 +111,20 @@ def time_proxied(server, app: str) -> float:
         if "X-HPC-Proxies-State" not in resp.headers and resp.status == 200:
             return time.monotonic() - t0
         time.sleep(0.02)
+
+
+def compare_start(server, app: AppSpec, label: str, runs: int) -> None:
+    """Print start-to-ready times, direct vs through Jupyter, interleaved so that the
+    machine's load hits both alike, and the session's memory."""
+    direct, proxied = [], []
+    for _ in range(runs):
+        direct.append(time_direct(app))
+        proxied.append(time_proxied(server, app.name))
+    d, p = statistics.median(direct), statistics.median(proxied)
+    print(f"{label} ready, direct : median {d:.2f} s  {[round(x, 2) for x in direct]}")
+    print(f"{label} ready, proxied: median {p:.2f} s  {[round(x, 2) for x in proxied]}")
+    print(f"  ratio proxied/direct: {p / d:.2f}  (+{p - d:.2f} s)")
+    print_memory(memory(server, app.name))
 
 
 def pss_kib(pid: int) -> int:

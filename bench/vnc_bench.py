@@ -20,14 +20,11 @@ import tempfile
 from pathlib import Path
 
 from common import (
+    compare_start,
     kill_leftovers,
-    memory,
     open_in_chromium,
-    print_memory,
     start_jupyter,
     stop_for_a_fresh_launch,
-    time_direct,
-    time_proxied,
 )
 
 from hpc_proxies.vnc import APP
@@ -54,15 +51,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_jupyter(Path(tmp))
         try:
-            direct, proxied = [], []
-            for _ in range(args.runs):
-                direct.append(time_direct(APP))
-                proxied.append(time_proxied(server, "vnc"))
-            d, p = statistics.median(direct), statistics.median(proxied)
-            print(f"VNC ready, direct : median {d:.2f} s  {[round(x, 2) for x in direct]}")
-            print(f"VNC ready, proxied: median {p:.2f} s  {[round(x, 2) for x in proxied]}")
-            print(f"  ratio proxied/direct: {p / d:.2f}  (+{p - d:.2f} s)")
-            print_memory(memory(server, "vnc"))
+            compare_start(server, APP, "VNC", args.runs)
             if args.browser:
                 for cold in (True, False):
                     times = [browser(server, cold) for _ in range(max(2, args.runs // 2))]

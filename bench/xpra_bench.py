@@ -24,18 +24,15 @@ import time
 from pathlib import Path
 
 from common import (
+    compare_start,
     direct_launch,
     direct_ready,
     free_port,
     kill_leftovers,
-    memory,
     open_in_chromium,
-    print_memory,
     start_jupyter,
     stop_for_a_fresh_launch,
     stop_tree,
-    time_direct,
-    time_proxied,
 )
 
 from hpc_proxies.xpra import APP
@@ -89,15 +86,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_jupyter(Path(tmp))
         try:
-            direct, proxied = [], []
-            for _ in range(args.runs):  # interleaved, so load hits both alike
-                direct.append(time_direct(APP))
-                proxied.append(time_proxied(server, "xpra"))
-            d, p = statistics.median(direct), statistics.median(proxied)
-            print(f"Xpra ready, direct : median {d:.2f} s  {[round(x, 2) for x in direct]}")
-            print(f"Xpra ready, proxied: median {p:.2f} s  {[round(x, 2) for x in proxied]}")
-            print(f"  ratio proxied/direct: {p / d:.2f}  (+{p - d:.2f} s)")
-            print_memory(memory(server, "xpra"))
+            compare_start(server, APP, "Xpra", args.runs)
 
             if args.browser:
                 for cold in (True, False):

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from . import config
 from .apps import APP_MODULES, load_app
-from .executables import MissingExecutables, requirements, resolve, version
+from .executables import MissingExecutables, app_env, requirements, resolve_app, version
 
 
 def app_status(site: config.SiteConfig, name: str) -> dict:
     """Everything ``status`` says about one app, as plain data."""
     app = load_app(name)
     settings = site.for_app(name)
-    env = {**os.environ, **settings["environment"]}
+    env = app_env(settings.values)
     reqs = requirements(app, settings.values)
     main = reqs[0].executable if reqs else ""
     entry: dict = {
@@ -38,7 +38,7 @@ def app_status(site: config.SiteConfig, name: str) -> dict:
         "version": None,
     }
     try:
-        found = resolve(reqs, str(settings["setup"]), env)
+        found = resolve_app(app, settings.values, env)
     except MissingExecutables as err:
         entry["missing"] = [m.requirement.executable for m in err.missing]
         found = {}

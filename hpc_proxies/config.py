@@ -383,7 +383,8 @@ def example_config() -> str:
     )
     for name in APP_MODULES:
         app = load_app(name)
-        out += ["", f"# ---- {app.title}: served under /{name}/", f"[apps.{name}]"]
+        out += ["", f"# ---- {app.title}, served under /{name}/: {app.description}"]
+        out.append(f"[apps.{name}]")
         for setting in settings_of(app):
             default = app_defaults(app)[setting.name]
             out += comment(setting.help)

@@ -47,6 +47,18 @@ def requirements(app: AppSpec, settings: Mapping[str, object]) -> tuple[Requirem
     return reqs
 
 
+def app_env(settings: Mapping[str, object]) -> dict[str, str]:
+    """The app's environment: the server's, plus the site's ``environment`` table."""
+    return {**os.environ, **settings.get("environment", {})}  # type: ignore[dict-item]
+
+
+def resolve_app(
+    app: AppSpec, settings: Mapping[str, object], env: Mapping[str, str]
+) -> dict[str, str]:
+    """The app's programs (the site's ``executable`` first), looked up after its ``setup``."""
+    return resolve(requirements(app, settings), str(settings.get("setup", "")), env)
+
+
 def setup_argv(setup: str, argv: list[str]) -> list[str]:
     """Run ``setup`` in bash, then replace the shell by ``argv`` (exec keeps signals working)."""
     if not setup:

@@ -29,18 +29,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
 from . import config, pages, procs
 from .apps import load_app
-from .executables import MissingExecutables, requirements, resolve, setup_argv
+from .executables import MissingExecutables, app_env, resolve_app, setup_argv
 from .runtime import (
     UnsafeRuntimeDir,
     ensure_private_dir,
     fresh_private_dir,
     remove_tree,
+    write_private_file,
     write_secret,
 )
 from .spec import AppSpec, Launch
@@ -189,43 +191,26 @@ class Launcher:
     async def launch(self) -> None:
         """Look up the programs (after the site's setup snippet), prepare, and exec the app."""
         settings = self.settings
-        setup = str(settings["setup"])
-        env = {**os.environ, **settings["environment"]}
+        env = app_env(settings.values)
         try:
-            executables = await asyncio.to_thread(
-                resolve, requirements(self.app, settings.values), setup, env
-            )
+            executables = await asyncio.to_thread(resolve_app, self.app, settings.values, env)
         except MissingExecutables as missing:
             self.fail_missing(missing)
             return
         if self.state != "starting":
             return
-        fresh_private_dir(self.app_dir)
-        launch = Launch(
-            name=self.app.name,
-            runtime_dir=self.runtime_dir,
-            app_dir=self.app_dir,
-            socket=self.app_dir / APP_SOCKET,
-            secret_file=(
-                write_secret(self.app_dir, nbytes=self.app.secret_bytes)
-                if self.app.secret
-                else None
-            ),
-            executables=executables,
-            prefix=self.prefix,
-            settings=settings.values,
-        )
-        argv: list[str] = []
+        argv: list[str] = [self.app.name]
         try:
-            if self.app.prepare is not None:
-                self.app.prepare(launch)
-            env.update(self.app.environment(launch))
+            launch = prepare_start(
+                self.app, self.runtime_dir, self.app_dir, self.prefix, settings.values, executables
+            )
+            env = start_env(self.app, launch, env)
             argv = self.app.command(launch)
-            self.proc = self._popen(setup_argv(setup, argv), env)
+            self.proc = self._popen(setup_argv(str(settings["setup"]), argv), env)
             for companion in self.app.companions(launch) if self.app.companions else []:
                 argv = companion
                 self.companions.append(self._popen(companion, env))
-        except OSError as err:
+        except (OSError, subprocess.SubprocessError) as err:
             self.fail(
                 "could not be started",
                 [f"Starting <code>{escape(argv[0])}</code> failed: {escape(str(err))}"],
@@ -527,6 +512,44 @@ class Launcher:
             self.start_app()
         await self.done.wait()
         return self.exit_status
+
+
+def prepare_start(
+    app: AppSpec,
+    runtime_dir: Path,
+    app_dir: Path,
+    prefix: str,
+    settings: Mapping[str, object],
+    executables: dict[str, str],
+) -> Launch:
+    """Everything one start of ``app`` needs before its processes run, in a fresh
+    private ``app_dir``: the secret, the X authority file, the app's own files.
+    (The benchmarks' direct path uses it too, so both paths start the same app.)"""
+    fresh_private_dir(app_dir)
+    launch = Launch(
+        name=app.name,
+        runtime_dir=runtime_dir,
+        app_dir=app_dir,
+        socket=app_dir / APP_SOCKET,
+        secret_file=write_secret(app_dir, nbytes=app.secret_bytes) if app.secret else None,
+        executables=executables,
+        prefix=prefix,
+        settings=settings,
+    )
+    if app.x_display:
+        write_private_file(launch.xauthority, b"")
+    if app.prepare is not None:
+        app.prepare(launch)
+    return launch
+
+
+def start_env(app: AppSpec, launch: Launch, env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` plus what the start adds: the private X authority, the app's variables."""
+    env = dict(env)
+    if app.x_display:
+        env["XAUTHORITY"] = str(launch.xauthority)
+    env.update(app.environment(launch))
+    return env
 
 
 STATUS_TEXT = {

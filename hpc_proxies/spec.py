@@ -56,6 +56,10 @@ class Launch:
     settings: Mapping[str, object] = field(default_factory=dict)
 
     @property
+    def xauthority(self) -> Path:
+        return self.app_dir / "Xauthority"
+
+    @property
     def executable(self) -> str:
         """The app's main program, resolved (the site may have put another in its place)."""
         return next(iter(self.executables.values()))
@@ -75,9 +79,12 @@ class AppSpec:
     the app's main program. ``page_script``, if set, returns a ``<script>`` that the
     Jupyter server puts into the app's HTML entry page (``html_paths``), so the browser
     receives the secret without it ever being in a URL. ``settings`` declares the
-    app's own site-configuration keys. ``companions`` are more processes started beside
-    the main one (e.g. websockify in front of a VNC server), without ``setup``; the app
-    is ready when ``socket`` answers HTTP and each of ``ready_banners`` greets.
+    app's own site-configuration keys. ``x_display`` apps run an X server: each start
+    gets an empty private X authority file (``launch.xauthority``, in ``XAUTHORITY``)
+    for the server's cookie, so no other user can open the display. ``companions`` are
+    more processes started beside the main one (e.g. the websocket bridge in front of a
+    VNC server), without ``setup``; the app is ready when ``socket`` answers HTTP and
+    each of ``ready_banners`` greets.
     """
 
     name: str
@@ -89,6 +96,7 @@ class AppSpec:
     prepare: Callable[[Launch], None] | None = None
     secret: bool = False
     secret_bytes: int = 24
+    x_display: bool = False
     page_script: Callable[[str], str] | None = None
     html_paths: tuple[str, ...] = ("/", "/index.html")
     ready_path: str = "/"
@@ -103,6 +111,3 @@ class AppSpec:
     def requirements(self, settings: Mapping[str, object]) -> tuple[Requirement, ...]:
         """What must be installed, for these settings (the session program may vary)."""
         return self.requires(settings) if callable(self.requires) else self.requires
-
-    def default_settings(self) -> dict[str, object]:
-        return {s.name: s.default for s in self.settings}

@@ -198,6 +198,18 @@ def shared_jupyter(tmp_path_factory):
     kill_leftovers(left)
 
 
+def screenshot_every_tab(context, prefix: str) -> None:
+    """On a failing browser test: keep what each tab showed, as ARTIFACTS/<prefix>-N.png."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for i, page in enumerate(context.pages):
+        try:
+            page.screenshot(path=ARTIFACTS / f"{prefix}-{i}.png")
+        except PlaywrightError:
+            pass  # a tab that is already gone
+
+
 _skipped: list[str] = []
 
 

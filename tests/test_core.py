@@ -7,13 +7,14 @@ import gzip
 import os
 import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from hpc_proxies import pages
 from hpc_proxies.executables import MissingExecutables, resolve
-from hpc_proxies.launcher import Launcher
+from hpc_proxies.launcher import Launcher, prepare_start, start_env
 from hpc_proxies.runtime import (
     UnsafeRuntimeDir,
     ensure_private_dir,
@@ -92,7 +93,7 @@ def test_xpra_server_dict_is_valid_and_has_its_tile():
     assert icon.name == "xpra.svg" and icon.read_text().lstrip().startswith("<svg")
 
 
-def test_launcher_argv_has_no_secret_and_survives_templating(tmp_path):
+def test_launcher_argv_survives_jupyter_server_proxys_templating(tmp_path):
     server = server_process(XPRA)
     sock = str(tmp_path / "we{ird}" / "socket")
     argv = server["command"](unix_socket=sock, base_url="/user/a{b}/")
@@ -195,3 +196,43 @@ def test_progress_page_reloads_into_the_app():
     assert pages.PROBE_HEADER in html and pages.STATE_HEADER in html
     assert "location.reload()" in html
     assert "line &lt;1&gt;" in html
+
+
+def test_x_display_apps_get_a_private_empty_xauthority(tmp_path):
+    app = AppSpec(
+        name="demo", title="Demo", icon="", requires=(), command=lambda launch: [], x_display=True
+    )
+    launch = prepare_start(app, tmp_path, tmp_path / "app", "/demo/", {}, {})
+    assert mode(launch.app_dir) == 0o700
+    assert mode(launch.xauthority) == 0o600 and launch.xauthority.read_bytes() == b""
+    env = start_env(app, launch, {"XAUTHORITY": "/home/someone/.Xauthority", "A": "1"})
+    assert env == {"XAUTHORITY": str(launch.xauthority), "A": "1"}
+    plain = AppSpec(name="p", title="P", icon="", requires=(), command=lambda launch: [])
+    plain_launch = prepare_start(plain, tmp_path, tmp_path / "plain", "/p/", {}, {})
+    assert not plain_launch.xauthority.exists()
+    assert start_env(plain, plain_launch, {"A": "1"}) == {"A": "1"}
+
+
+async def test_a_failing_preparation_step_gives_a_readable_page(tmp_path):
+    """E.g. ``vncpasswd`` failing: a page, not a launcher stuck in 'starting'."""
+
+    def prepare(launch):
+        subprocess.run(["sh", "-c", "exit 4"], check=True)
+
+    app = AppSpec(
+        name="demo",
+        title="Demo App",
+        icon="",
+        requires=(Requirement("sh", ""),),
+        command=lambda launch: ["sh", "-c", "sleep 30"],
+        prepare=prepare,
+    )
+    launcher = Launcher(app, ensure_private_dir(tmp_path / "run") / "socket", "/demo/", None)
+    launcher.start_app()
+    await until_failed(launcher)
+    status, _, body = launcher.render(probe=False)
+    html = body.decode()
+    assert status == 502
+    assert "Demo App could not be started" in html
+    assert "returned non-zero exit status 4" in html
+    assert not (tmp_path / "run" / "app").exists(), "the start's private files are removed"

@@ -39,7 +39,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import ARTIFACTS
+from conftest import ARTIFACTS, screenshot_every_tab
 from PIL import Image
 from playwright.sync_api import BrowserContext, Locator, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
@@ -296,11 +296,7 @@ def vnc_browser(jupyter, name: str) -> Iterator[Browser]:
             yield b
             assert_password_kept_out(b)
         except BaseException:
-            for i, page in enumerate(context.pages):
-                try:
-                    page.screenshot(path=ARTIFACTS / f"vnc-{name}-failure-{i}.png")
-                except PlaywrightError:
-                    pass
+            screenshot_every_tab(context, f"vnc-{name}-failure")
             raise
         finally:
             context.close()

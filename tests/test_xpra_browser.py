@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import ARTIFACTS
+from conftest import ARTIFACTS, screenshot_every_tab
 from PIL import Image
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, sync_playwright
@@ -267,11 +267,7 @@ def test_xpra_desktop_in_chromium(jupyter):
         try:
             run_scenario(jupyter, context, lab, tag, requested, responses)
         except BaseException:
-            for i, page in enumerate(context.pages):
-                try:
-                    page.screenshot(path=artifact(f"failure-{i}"))
-                except PlaywrightError:
-                    pass
+            screenshot_every_tab(context, "xpra-failure")
             raise
         finally:
             context.close()

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS
+from conftest import ARTIFACTS, screenshot_every_tab
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, sync_playwright
 from test_xpra_browser import (
@@ -217,11 +217,7 @@ def test_clipboard_both_ways(jupyter):
         try:
             run_scenario(jupyter, context, console, owners)
         except BaseException:
-            for i, page in enumerate(context.pages):
-                try:
-                    page.screenshot(path=ARTIFACTS / f"xpra-{PREFIX}-failure-{i}.png")
-                except PlaywrightError:
-                    pass
+            screenshot_every_tab(context, f"xpra-{PREFIX}-failure")
             raise
         finally:
             for proc in owners:

@@ -114,13 +114,12 @@ def ready_banners(launch: Launch) -> list[tuple[Path, bytes]]:
 
 
 def prepare(launch: Launch) -> None:
-    """The session script, the X authority file and the VncAuth password file."""
+    """The session script and the VncAuth password file."""
     session = str(launch.settings.get("session", DEFAULT_SESSION))
     xstartup = write_private_file(
         launch.app_dir / "xstartup", f"#!/bin/sh\n# the session, from hpc-proxies\n{session}\n"
     )
     xstartup.chmod(0o700)
-    write_private_file(launch.app_dir / "Xauthority", b"")
     assert launch.secret_file is not None
     obfuscated = subprocess.run(
         [launch.executables["vncpasswd"], "-f"],
@@ -130,10 +129,6 @@ def prepare(launch: Launch) -> None:
         timeout=30,
     ).stdout
     write_private_file(launch.app_dir / "passwd", obfuscated)
-
-
-def environment(launch: Launch) -> dict[str, str]:
-    return {"XAUTHORITY": str(launch.app_dir / "Xauthority")}
 
 
 def page_script(password: str) -> str:
@@ -183,9 +178,9 @@ APP = AppSpec(
     command=command,
     companions=companions,
     ready_banners=ready_banners,
-    environment=environment,
     prepare=prepare,
     secret=True,
+    x_display=True,
     secret_bytes=6,  # 8 characters: all VncAuth uses
     page_script=page_script,
     html_paths=("/vnc.html",),

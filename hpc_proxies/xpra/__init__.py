@@ -41,12 +41,11 @@ def system_config_without_session(conf_dir: Path) -> str:
 
 
 def prepare(launch: Launch) -> None:
-    """Write the filtered system config and an empty X authority file, both private."""
+    """Write the filtered system config, private to the user."""
     conf_dir = launch.app_dir / "xpra-conf"
     conf_dir.mkdir(mode=0o700)
     system_dir = Path(os.environ.get("XPRA_SYSTEM_CONF_DIRS", DEFAULT_SYSTEM_CONF_DIR))
     write_private_file(conf_dir / "xpra.conf", system_config_without_session(system_dir))
-    write_private_file(launch.app_dir / "Xauthority", b"")
 
 
 def command(launch: Launch) -> list[str]:
@@ -82,7 +81,6 @@ def command(launch: Launch) -> list[str]:
 
 def environment(launch: Launch) -> dict[str, str]:
     return {
-        "XAUTHORITY": str(launch.app_dir / "Xauthority"),
         "XPRA_SYSTEM_CONF_DIRS": str(launch.app_dir / "xpra-conf"),
     }
 
@@ -121,6 +119,7 @@ APP = AppSpec(
     environment=environment,
     prepare=prepare,
     secret=True,
+    x_display=True,
     page_script=page_script,
     timeout=60.0,
     version_args=("--version",),

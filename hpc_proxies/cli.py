@@ -3,6 +3,7 @@
 hpc-proxies status [--json]     what is in force here, per app
 hpc-proxies check [FILE]        validate a file before deploying it (exit 0 or 1)
 hpc-proxies example-config      a fully commented example covering every key
+hpc-proxies install-kernel paraview [--user|--sys-prefix]   the "ParaView (pvpython)" kernel
 """
 
 from __future__ import annotations
@@ -131,6 +132,20 @@ def cmd_example(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install_kernel(args: argparse.Namespace) -> int:
+    from .paraview import kernel
+
+    scope = "sys-prefix" if args.sys_prefix else "user"
+    try:
+        done = kernel.install(scope, python=args.python, setup=args.setup)
+    except kernel.KernelInstallError as err:
+        sys.stderr.write(f"hpc-proxies install-kernel paraview: {err}\n")
+        return 1
+    print(f"Installed the kernel {kernel.DISPLAY_NAME!r} in {done.kernel_dir}")
+    print(f"  Python: {done.python} (ParaView {done.paraview_version}), venv {done.env_dir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="hpc-proxies", description="Check and inspect the hpc-proxies site configuration."
@@ -144,6 +159,20 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(func=cmd_check)
     example = sub.add_parser("example-config", help="print a commented example of every key")
     example.set_defaults(func=cmd_example)
+    kernel = sub.add_parser("install-kernel", help="install a Jupyter kernel for an app")
+    kernel.add_argument("app", choices=["paraview"], help="the app whose kernel to install")
+    where = kernel.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="for this user (the default)")
+    where.add_argument(
+        "--sys-prefix", action="store_true", help=f"in this Python's prefix ({sys.prefix})"
+    )
+    kernel.add_argument(
+        "--python", help="a Python that imports ParaView (default: [apps.paraview] executable)"
+    )
+    kernel.add_argument(
+        "--setup", help="shell run before the kernel (default: [apps.paraview] setup)"
+    )
+    kernel.set_defaults(func=cmd_install_kernel)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -35,11 +35,17 @@ button { font-size: 1rem; padding: .5rem 1.2rem; border-radius: 4px; border: 1px
          background: #f37726; color: #fff; cursor: pointer; }
 .bad { color: #b00020; }
 .actions { display: flex; gap: 1.5rem; align-items: center; }
+.secondary { background: #fff; color: #1f1f1f; }
+button:disabled { opacity: .5; cursor: default; }
+table.facts th { text-align: left; padding: .2rem 1.5rem .2rem 0; color: #666; font-weight: 500; }
+.state.running { color: #1b7a2f; } .state.failed { color: #b00020; }
+h2 { font-size: 1.1rem; margin-top: 2rem; }
 @keyframes spin { to { transform: rotate(360deg); } }
 """
 
 
-def _document(title: str, body: str) -> str:
+def document(title: str, body: str) -> str:
+    """A whole page in the house style; ``body`` is HTML (callers escape what they insert)."""
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -91,7 +97,7 @@ def progress_page(
         f"by itself as soon as it answers (at most {timeout:.0f} s).</p>"
         f"{note_html}{_log_block(tail)}{script}"
     )
-    return _document(f"Starting {title}", body)
+    return document(f"Starting {title}", body)
 
 
 def error_page(
@@ -115,7 +121,7 @@ def error_page(
         actions.append(f"<a href='{escape(home)}'>Back to JupyterLab</a>")
     if actions:
         parts.append("<p class='actions'>" + " ".join(actions) + "</p>")
-    return _document(f"{title}: {heading}", "".join(parts))
+    return document(f"{title}: {heading}", "".join(parts))
 
 
 def status_json(**info: object) -> str:

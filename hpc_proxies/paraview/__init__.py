@@ -1,0 +1,123 @@
+"""ParaView: this user's pvserver behind a tile, driven from a notebook kernel.
+
+The tile (``/paraview/``) is a small service (:mod:`.service`) on the launch's private
+unix socket: a status page, a JSON API, and the route to interactive views. It starts
+pvserver on demand, inside a Python that imports ParaView (:mod:`.server`), so the
+per-launch connect-id comes from a 0600 file and never appears in an argv; with GLX
+builds each start gets a private Xvfb (no TCP, a cookie in a 0600 file).
+
+In a notebook on the "ParaView (pvpython)" kernel (``hpc-proxies install-kernel
+paraview``)::
+
+    import hpc_proxies.paraview as pvh
+    from paraview.simple import *
+    pvh.connect()          # starts pvserver through the Jupyter server if needed
+    Show(Sphere())
+    pvh.show()             # an interactive view in the cell, rendered by pvserver
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+
+from ..serverproxy import server_process
+from ..spec import AppSpec, Launch, Requirement, Setting
+
+#: Debian's python3-paraview is importable by Debian's own Python.
+DEFAULT_PYTHON = "/usr/bin/python3"
+RENDERING_MODES = ("xvfb", "display", "egl")
+
+
+def connect(timeout: float = 120.0):
+    """Make sure this user's pvserver runs and connect ``paraview.simple`` to it."""
+    from .client import connect as _connect
+
+    return _connect(timeout=timeout)
+
+
+def show(view=None, interactive: bool = True):
+    """Display the active render view in the cell (interactive), or return a PNG."""
+    from .client import show as _show
+
+    return _show(view=view, interactive=interactive)
+
+
+def command(launch: Launch) -> list[str]:
+    settings = launch.settings
+    argv = [
+        sys.executable,
+        "-m",
+        "hpc_proxies.paraview.service",
+        "--socket",
+        str(launch.socket),
+        "--dir",
+        str(launch.app_dir),
+        "--prefix",
+        launch.prefix,
+        "--python",
+        launch.executable,
+        "--rendering",
+        str(settings.get("rendering", "xvfb")),
+        "--display",
+        str(settings.get("display", "")),
+        "--egl-device",
+        str(settings.get("egl_device", 0)),
+        "--timeout",
+        str(settings.get("pvserver_timeout", 60)),
+    ]
+    if "Xvfb" in launch.executables:
+        argv += ["--xvfb", launch.executables["Xvfb"]]
+    return argv
+
+
+def requires(settings: Mapping[str, object]) -> tuple[Requirement, ...]:
+    reqs = [
+        Requirement(
+            DEFAULT_PYTHON,
+            "a Python that imports ParaView (Debian/Ubuntu: apt install paraview "
+            "python3-paraview), or set [apps.paraview] executable (and setup, e.g. "
+            "'module load ParaView') in the site configuration",
+        )
+    ]
+    if str(settings.get("rendering") or "xvfb") == "xvfb":
+        reqs.append(Requirement("Xvfb", "on Debian/Ubuntu: apt install xvfb"))
+    return tuple(reqs)
+
+
+APP = AppSpec(
+    name="paraview",
+    title="ParaView",
+    icon="paraview",
+    description="This user's ParaView server (pvserver), driven from a notebook kernel.",
+    requires=requires,
+    command=command,
+    timeout=30.0,
+    html_paths=(),
+    settings=(
+        Setting(
+            "rendering",
+            str,
+            "xvfb",
+            "Where pvserver renders: 'xvfb' (a private Xvfb per start, for GLX builds "
+            "such as Debian's), 'display' (an existing X display: `display`, or the "
+            "server's DISPLAY), or 'egl' (headless EGL builds, device `egl_device`).",
+            choices=RENDERING_MODES,
+        ),
+        Setting("display", str, "", "The X display for rendering = 'display'.", example=":0"),
+        Setting("egl_device", int, 0, "The EGL device index for rendering = 'egl'."),
+        Setting(
+            "pvserver_timeout",
+            float,
+            60.0,
+            "Seconds pvserver may take to listen after a start (the tile's own start-up "
+            "is `timeout`).",
+            example=300,
+        ),
+    ),
+)
+
+
+def setup_paraview() -> dict:
+    """Entry point for jupyter-server-proxy: the "ParaView" tile."""
+    return server_process(APP)

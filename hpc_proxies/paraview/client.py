@@ -1,0 +1,292 @@
+"""The notebook side: ``connect()`` and ``show()``, run in the ParaView kernel.
+
+The kernel finds its own Jupyter server (the ``jpserver-*.json`` file of the server
+that started it), asks the tile's service there to start pvserver (``POST
+/paraview/api/start``, authenticated with that server's token), reads the connect-id
+from the 0600 file the service names, and connects ``paraview.simple``. The user types
+no host, port, token or secret. Errors are exceptions that say what to do.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import re
+import shutil
+import ssl
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from html import unescape
+from pathlib import Path
+
+from .. import xdisplay
+from ..pages import STATE_HEADER
+
+APP = "paraview"
+#: Height of the interactive view in the cell (its width follows the notebook).
+VIEW_HEIGHT = 480
+
+
+class ParaViewError(RuntimeError):
+    """Base of every error ``connect()`` and ``show()`` raise."""
+
+
+class ParaViewNotImportable(ParaViewError):
+    """This kernel's Python cannot import ParaView."""
+
+
+class ParaViewDisabled(ParaViewError):
+    """The site configuration disables ParaView here."""
+
+
+class PvserverStartFailed(ParaViewError):
+    """pvserver did not start; ``tail`` holds its last output lines."""
+
+    def __init__(self, message: str, tail: list[str] | None = None):
+        self.tail = list(tail or [])
+        detail = "\n".join(self.tail[-15:])
+        super().__init__(message + (f"\nLast lines of its output:\n{detail}" if detail else ""))
+
+
+class JupyterServerNotFound(ParaViewError):
+    """No Jupyter server to ask for pvserver."""
+
+
+@dataclass(frozen=True)
+class JupyterServer:
+    url: str  # ends with the base URL, e.g. http://127.0.0.1:8888/user/me/
+    base_url: str
+    token: str
+
+
+def _runtime_dir() -> Path:
+    try:
+        from jupyter_core.paths import jupyter_runtime_dir
+    except ImportError:
+        return Path(
+            os.environ.get("JUPYTER_RUNTIME_DIR", Path.home() / ".local/share/jupyter/runtime")
+        )
+    return Path(jupyter_runtime_dir())
+
+
+def _ancestors() -> list[int]:
+    pids, pid = [], os.getpid()
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        pids.append(pid)
+    return pids
+
+
+def find_jupyter_server() -> JupyterServer:
+    """The Jupyter server that started this kernel (or the only one running)."""
+    servers = []
+    for path in sorted(_runtime_dir().glob("jpserver-*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads(path.read_text())
+            if Path(f"/proc/{info['pid']}").exists():
+                servers.append(info)
+    ancestors = _ancestors()
+    mine = [s for s in servers if s["pid"] in ancestors]
+    if not mine and len(servers) == 1:
+        mine = servers
+    if not mine:
+        raise JupyterServerNotFound(
+            f"Found {len(servers)} running Jupyter servers in {_runtime_dir()}, and none "
+            "started this kernel. Run the notebook from JupyterLab, where hpc-proxies is "
+            "installed."
+        )
+    info = mine[0]
+    token = info.get("token") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+    url = info["url"] if info["url"].endswith("/") else info["url"] + "/"
+    return JupyterServer(url=url, base_url=info.get("base_url", "/"), token=token)
+
+
+def _request(server: JupyterServer, method: str, path: str, timeout: float = 30):
+    """(status, headers, body) of one request to the Jupyter server, with its token."""
+    request = urllib.request.Request(  # noqa: S310 (our own server's http(s) URL)
+        server.url + path, method=method, data=b"" if method == "POST" else None
+    )
+    if server.token:
+        request.add_header("Authorization", f"token {server.token}")
+    context = None
+    if server.url.startswith("https://"):
+        # The kernel talks to its own server on this node; its certificate is often
+        # self-signed for the node's name.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+def _page_text(body: bytes) -> str:
+    """The readable text of one of our HTML pages (heading and paragraphs)."""
+    html = body.decode(errors="replace")
+    html = re.sub(r"<(script|style|pre)\b.*?</\1>", " ", html, flags=re.S | re.I)
+    return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", html))).strip()
+
+
+def ensure_pvserver(timeout: float = 120.0, server: JupyterServer | None = None) -> dict:
+    """Ask the tile's service to start pvserver (starting the service too) and wait."""
+    server = server or find_jupyter_server()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, headers, body = _request(server, "POST", f"{APP}/api/start", timeout=timeout)
+        except OSError as err:
+            raise JupyterServerNotFound(
+                f"Cannot reach the Jupyter server at {server.url}: {err}"
+            ) from err
+        ours = headers.get(STATE_HEADER)
+        if status == 200 and not ours:
+            return json.loads(body)
+        if status == 202 and ours == "starting":
+            if time.monotonic() > deadline:
+                raise PvserverStartFailed(
+                    f"The ParaView service did not start within {timeout:.0f} s."
+                )
+            time.sleep(0.3)
+            continue
+        if status == 403:
+            raise ParaViewDisabled(_page_text(body))
+        if status == 404 and not ours:
+            raise ParaViewError(
+                f"The Jupyter server at {server.url} has no /{APP}/: hpc-proxies is not "
+                "installed next to JupyterLab there (pip install hpc-proxies), or the server "
+                "needs a restart."
+            )
+        if not ours and headers.get("Content-Type", "").startswith("application/json"):
+            info = json.loads(body)
+            raise PvserverStartFailed(info.get("error", f"HTTP {status}"), info.get("tail"))
+        raise PvserverStartFailed(_page_text(body))
+
+
+# ------------------------------------------------------------------- display
+class _KernelDisplay:
+    """A private Xvfb for this kernel's own render windows (GLX builds need one even
+    when pvserver renders): started once, stopped when the kernel exits."""
+
+    def __init__(self) -> None:
+        self.server: xdisplay.XServer | None = None
+        self.directory: str | None = None
+
+    def ensure(self) -> None:
+        if self.server is not None and self.server.proc.poll() is None:
+            return
+        xvfb = shutil.which("Xvfb")
+        if xvfb is None:
+            return  # EGL/OSMesa builds, or an inherited DISPLAY
+        self.directory = tempfile.mkdtemp(prefix="hpc-proxies-pvkernel-")
+        self.server = xdisplay.start_xvfb(self.directory, xvfb, die_with_parent=True)
+        os.environ.update(self.server.environ())
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+_display = _KernelDisplay()
+
+
+@dataclass
+class _Session:
+    port: int | None = None
+    connection: object = None
+
+
+_session = _Session()
+
+
+def _import_simple():
+    try:
+        from paraview import simple
+    except ImportError as err:
+        import sys
+
+        raise ParaViewNotImportable(
+            f"ParaView cannot be imported in this kernel ({sys.executable}: {err}). Use the "
+            "'ParaView (pvpython)' kernel; an administrator installs it with "
+            "'hpc-proxies install-kernel paraview'."
+        ) from err
+    return simple
+
+
+def connect(timeout: float = 120.0):
+    """Make sure this user's pvserver runs, connect ``paraview.simple`` to it, and return
+    the connection. Calling it again reuses a live connection, or starts pvserver anew."""
+    _display.ensure()
+    simple = _import_simple()
+    info = ensure_pvserver(timeout)
+    if (
+        _session.connection is not None
+        and _session.port == info["port"]
+        and info["client_connected"]
+    ):
+        return _session.connection
+    if _session.connection is not None:
+        with contextlib.suppress(RuntimeError):
+            simple.Disconnect()
+        _session.connection = None
+    from paraview.modules.vtkRemotingCore import vtkRemotingCoreConfiguration
+
+    connect_id = int(Path(info["connect_id_file"]).read_text().strip())
+    vtkRemotingCoreConfiguration.GetInstance().SetConnectID(connect_id)
+    connection = simple.Connect("localhost", info["port"])
+    if connection is None:
+        raise PvserverStartFailed(
+            f"paraview.simple could not connect to pvserver on port {info['port']}.",
+            info.get("tail"),
+        )
+    # Render on pvserver, always: the data stays near the server.
+    simple.GetSettingsProxy("RenderViewSettings").RemoteRenderThreshold = 0.0
+    _session.port, _session.connection = info["port"], connection
+    return connection
+
+
+def show(view=None, interactive: bool = True):
+    """Display ``view`` (default: the active render view) in the cell.
+
+    ``interactive=True`` returns an IFrame with a view that pvserver renders as you drag
+    (rotate), shift-drag or right-drag (pan) and scroll (zoom); ``interactive=False``
+    returns a PNG image (``IPython.display.Image``; its bytes are ``.data``).
+    """
+    simple = _import_simple()
+    if simple.servermanager.ActiveConnection is None:
+        connect()
+    view = view or simple.GetActiveViewOrCreate("RenderView")
+    if not interactive:
+        return _png(simple, view)
+    from IPython.display import IFrame
+
+    from .view import serve_view
+
+    status, _, body = _request(find_jupyter_server(), "GET", f"{APP}/api/status")
+    if status != 200:
+        raise ParaViewError(f"The ParaView service did not answer (HTTP {status}); run connect().")
+    info = json.loads(body)
+    view_id = serve_view(view, Path(info["views_dir"]))
+    return IFrame(f"{info['prefix']}view/{view_id}/", width="100%", height=VIEW_HEIGHT)
+
+
+def _png(simple, view):
+    from IPython.display import Image
+
+    with tempfile.TemporaryDirectory(prefix="hpc-proxies-png-") as tmp:
+        path = Path(tmp) / "view.png"
+        simple.SaveScreenshot(str(path), view)
+        return Image(data=path.read_bytes(), format="png")

@@ -1,0 +1,101 @@
+"""pvserver's own code, run inside a Python that imports ParaView, with no secret in argv.
+
+    python3 server.py --connect-id-file FILE [--pv-arg ARG ...]
+
+ParaView 5.11's pvserver reads its connect-id only from its command line, and every
+user of a login node can read every command line in /proc. This script runs the same
+server loop as the pvserver executable (``vtkInitializationHelper`` as a server,
+``vtkPVSessionServer.Connect``, then the network access manager's event loop), but
+hands ParaView its options in memory: the connect-id comes from a 0600 file.
+
+It also skips MPI initialisation for a serial server (``--no-mpi``): Debian's pvserver
+initialises OpenMPI, which opens a TCP listener of its own on every interface.
+
+It prints one line per state change, read by the ParaView service::
+
+    HPC-PROXIES-PVSERVER listening <port>
+    HPC-PROXIES-PVSERVER connected
+    HPC-PROXIES-PVSERVER exiting <code>
+
+Standard library and ParaView only: it runs in ParaView's Python, not in the
+Jupyter server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+
+MARK = "HPC-PROXIES-PVSERVER"
+EXIT_NO_PARAVIEW = 3
+EXIT_NO_PORT = 4
+
+
+def say(*words: object) -> None:
+    print(MARK, *words, flush=True)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (ParaView binds it right after)."""
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--connect-id-file", required=True)
+    parser.add_argument("--pv-arg", action="append", default=[], help="one more pvserver option")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    args = parser.parse_args(argv)
+
+    try:
+        from paraview.modules.vtkPVVTKExtensionsCore import vtkStringList
+        from paraview.modules.vtkRemotingApplication import vtkInitializationHelper
+        from paraview.modules.vtkRemotingCore import vtkProcessModule
+        from paraview.modules.vtkRemotingServerManager import vtkPVSessionServer
+    except ImportError as err:
+        sys.stderr.write(
+            f"ParaView's Python modules cannot be imported by {sys.executable}: {err}\n"
+            "Install them (Debian/Ubuntu: apt install python3-paraview), or point "
+            "[apps.paraview] executable at a Python that has them.\n"
+        )
+        return EXIT_NO_PARAVIEW
+
+    with open(args.connect_id_file) as f:
+        connect_id = int(f.read().strip())
+    port = args.port or free_port()
+    options = vtkStringList()
+    for option in (
+        "pvserver",
+        f"--connect-id={connect_id}",
+        f"--server-port={port}",
+        "--disable-registry",
+        *args.pv_arg,
+    ):
+        options.AddString(option)
+    if not vtkInitializationHelper.Initialize(options, vtkProcessModule.PROCESS_SERVER):
+        sys.stderr.write("ParaView could not initialise as a server (see above)\n")
+        return 1
+    process_module = vtkProcessModule.GetProcessModule()
+    session = vtkPVSessionServer()
+    say("listening", port)
+    code = 0
+    if session.Connect():
+        say("connected")
+        process_module.RegisterSession(session)
+        network = process_module.GetNetworkAccessManager()
+        while network.ProcessEvents(0) != -1:
+            pass
+        process_module.UnRegisterSession(session)
+    else:
+        code = EXIT_NO_PORT
+    say("exiting", code)
+    del session
+    vtkInitializationHelper.Finalize()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

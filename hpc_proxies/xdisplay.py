@@ -1,0 +1,166 @@
+"""A private X display: Xvfb with no TCP listener and a cookie only its owner can read.
+
+Programs that render with GLX (ParaView 5.11's Debian build) need an X display even
+when nobody looks at it. On a shared login node a display is reachable by every user
+through ``/tmp/.X11-unix``, so it is protected by an MIT-MAGIC-COOKIE-1 in a 0600
+authority file that both the X server (``-auth``) and its clients (``XAUTHORITY``)
+read. The one entry in that file has an empty display number, which libXau treats as
+"any display": the file can be written before ``-displayfd`` tells which number the
+server took.
+
+Standard library only: the ParaView kernel imports this too.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import signal
+import struct
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+FAMILY_WILD = 0xFFFF
+COOKIE_NAME = b"MIT-MAGIC-COOKIE-1"
+DEFAULT_SCREEN = "1920x1200x24"
+
+
+def xauthority_entry(cookie: bytes, number: str = "") -> bytes:
+    """One Xauthority record (libXau's format): any host, display ``number`` ("" = any)."""
+
+    def counted(data: bytes) -> bytes:
+        return struct.pack(">H", len(data)) + data
+
+    return (
+        struct.pack(">H", FAMILY_WILD)
+        + counted(b"")
+        + counted(number.encode())
+        + counted(COOKIE_NAME)
+        + counted(cookie)
+    )
+
+
+def write_xauthority(path: str | os.PathLike[str]) -> Path:
+    """A new 0600 authority file holding a fresh 128-bit cookie from ``secrets``."""
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(xauthority_entry(secrets.token_bytes(16)))
+    return path
+
+
+class XServerError(RuntimeError):
+    """The X server did not come up; the message carries its output."""
+
+
+@dataclass
+class XServer:
+    """A running private X server."""
+
+    proc: subprocess.Popen[bytes]
+    display: str
+    xauthority: Path
+
+    def environ(self) -> dict[str, str]:
+        """What a client needs to open this display."""
+        return {"DISPLAY": self.display, "XAUTHORITY": str(self.xauthority)}
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def xvfb_argv(xvfb: str, xauthority: Path, displayfd: int, screen: str = DEFAULT_SCREEN) -> list:
+    """No TCP, cookie authentication, the display number reported on ``displayfd``."""
+    return [
+        xvfb,
+        "-displayfd",
+        str(displayfd),
+        "-nolisten",
+        "tcp",
+        "-auth",
+        str(xauthority),
+        "-screen",
+        "0",
+        screen,
+        "-nocursor",
+    ]
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the process that started us dies (Linux)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def start_xvfb(
+    directory: str | os.PathLike[str],
+    xvfb: str = "Xvfb",
+    screen: str = DEFAULT_SCREEN,
+    timeout: float = 20.0,
+    die_with_parent: bool = False,
+    new_session: bool = True,
+) -> XServer:
+    """Start Xvfb with a new cookie in ``directory`` (which must be private) and wait
+    until it has taken a display number."""
+    xauthority = Path(directory) / "Xauthority"
+    xauthority.unlink(missing_ok=True)
+    write_xauthority(xauthority)
+    log_path = Path(directory) / "Xvfb.log"
+    read_end, write_end = os.pipe()
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                xvfb_argv(xvfb, xauthority, write_end, screen),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(write_end,),
+                start_new_session=new_session,
+                preexec_fn=_die_with_parent if die_with_parent else None,
+            )
+    finally:
+        os.close(write_end)
+    try:
+        number = _read_display_number(read_end, proc, timeout)
+    finally:
+        os.close(read_end)
+    if number is None:
+        proc.kill()
+        proc.wait()
+        output = log_path.read_text(errors="replace").strip()
+        raise XServerError(f"{xvfb} did not start within {timeout:.0f} s: {output[-2000:]}")
+    return XServer(proc, f":{number}", xauthority)
+
+
+def _read_display_number(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> str | None:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
+        if ready:
+            chunk = os.read(fd, 64)
+            if not chunk:
+                return None  # Xvfb closed the pipe without a number: it failed
+            data += chunk
+        elif proc.poll() is not None:
+            return None
+    number = data.split(b"\n", 1)[0].strip().decode()
+    return number if number.isdigit() else None

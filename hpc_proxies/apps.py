@@ -10,6 +10,8 @@ from .spec import AppSpec
 APP_MODULES = {
     "xpra": "hpc_proxies.xpra",
     "vnc": "hpc_proxies.vnc",
+    "tensorboard": "hpc_proxies.tensorboard",
+    "rstudio": "hpc_proxies.rstudio",
 }
 
 

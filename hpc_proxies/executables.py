@@ -2,15 +2,21 @@
 
 With a site ``setup`` snippet (``module load …``), PATH is only known after the
 snippet ran, so the lookup then runs ``command -v`` in the same kind of shell.
+
+Programs that come with Python packages (``pip install 'hpc-proxies[tensorboard]'``)
+are also looked for beside the Python that runs Jupyter: its ``bin`` directory is often
+not on PATH (JupyterHub starts ``/opt/env/bin/jupyterhub-singleuser`` by its path).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from .spec import AppSpec, Requirement
@@ -78,9 +84,14 @@ def resolve(
     else:
         search_path, detail = env.get("PATH", os.defpath), ""
         found = {r.executable: shutil.which(r.executable, path=search_path) for r in reqs}
+    beside_python = os.path.dirname(sys.executable)
     for req in reqs:
         if req.is_file:
             found[req.executable] = req.executable if os.path.isfile(req.executable) else None
+        elif not found.get(req.executable) and "/" not in req.executable:
+            found[req.executable] = shutil.which(req.executable, path=beside_python)
+    if beside_python not in search_path.split(os.pathsep):
+        search_path = os.pathsep.join(p for p in (search_path, beside_python) if p)
     missing = [Missing(r, search_path) for r in reqs if not found.get(r.executable)]
     if missing:
         raise MissingExecutables(missing, setup, detail)
@@ -131,3 +142,72 @@ def version(executable: str, args: tuple[str, ...], setup: str = "", env=None) -
         return None
     lines = (done.stdout or done.stderr).strip().splitlines()
     return lines[0].strip() if lines else None
+
+
+def supported_flags(
+    executable: str,
+    flags: Iterable[str],
+    help_args: tuple[str, ...] = ("--help",),
+    setup: str = "",
+    env: Mapping[str, str] | None = None,
+) -> tuple[frozenset[str], str]:
+    """Which of ``flags`` the program lists in its help output, and that output.
+
+    Apps change their options between versions (rserver gained ``--www-socket`` late);
+    asking the installed program lets an app use what it has and fall back cleanly,
+    instead of failing on an "unrecognised option". A flag counts only as a whole word
+    (``--www-socket`` is not found in ``--www-socket-mode``).
+    """
+    try:
+        done = subprocess.run(
+            setup_argv(setup, [executable, *help_args]),
+            env=dict(os.environ if env is None else env),
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=SETUP_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        text = done.stdout + done.stderr
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return frozenset(), f"running {executable} {' '.join(help_args)} failed: {err}"
+    found = frozenset(
+        flag for flag in flags if re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text)
+    )
+    return found, text
+
+
+#: The second line of pip's ``/bin/sh`` trampoline for interpreters with long paths.
+_TRAMPOLINE = re.compile(r"""^'''exec' "?([^"]+?)"? "\$0" "\$@"$""")
+
+
+def python_of(executable: str) -> str | None:
+    """The Python interpreter that runs ``executable``: itself if it is one, else the
+    interpreter named by its ``#!`` line (as pip writes console scripts, including the
+    ``/bin/sh`` trampoline pip uses for long paths); None if it cannot be told.
+
+    A site's ``module load TensorFlow`` brings a ``tensorboard`` whose Python differs
+    from Jupyter's; code that must run inside that Python is started with this one.
+    """
+    if re.fullmatch(r"python[0-9.]*", os.path.basename(executable)):
+        return executable
+    try:
+        with open(executable, "rb") as f:
+            head = f.read(2048).decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    if not head or not head[0].startswith("#!"):
+        return None
+    words = head[0][2:].split()
+    if not words:
+        return None
+    program = os.path.basename(words[0])
+    if program == "env":
+        names = [w for w in words[1:] if not w.startswith("-") and "=" not in w]
+        found = shutil.which(names[0]) if names else None
+        return found if found and "python" in os.path.basename(found) else None
+    if "python" in program:
+        return words[0]
+    if program == "sh" and len(head) > 1 and (trampoline := _TRAMPOLINE.match(head[1])):
+        return trampoline.group(1)
+    return None

@@ -16,7 +16,12 @@ those gaps in one place, and stays up for as long as the Jupyter server does:
 * the app runs in a session of its own, and this process is a child subreaper, so
   stopping reaches every descendant (SIGTERM, then SIGKILL after a grace period);
 * on SIGTERM/SIGINT/SIGHUP, or when the Jupyter server dies, it stops everything and
-  removes the runtime directory.
+  removes the runtime directory;
+* an app with URL parameters (``/tensorboard/?logdir=DIR``) is started with the value a
+  request chose and relaunched when a request chooses another; a bad value gets a page.
+  While the app runs, its requests do not reach this process, so the Jupyter server
+  passes such a choice on through a control socket beside the launch socket
+  (``hpc_proxies.serverproxy``), one JSON line each way.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -33,10 +39,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from . import config, pages, procs
 from .apps import load_app
-from .executables import MissingExecutables, app_env, resolve_app, setup_argv
+from .executables import MissingExecutables, app_env, resolve_app, setup_argv, supported_flags
 from .runtime import (
     UnsafeRuntimeDir,
     ensure_private_dir,
@@ -45,10 +52,12 @@ from .runtime import (
     write_private_file,
     write_secret,
 )
-from .spec import AppSpec, Launch
+from .spec import AppSpec, CannotStart, Launch, Parameter
 
 APP_DIR = "app"
 APP_SOCKET = "app.sock"
+#: Beside the launch socket, for apps with URL parameters: see the module docstring.
+CONTROL_SOCKET = "control"
 TAIL_LINES = 40
 READY_POLL = 0.05
 
@@ -98,6 +107,10 @@ class Launcher:
         self.exit_status = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._partial = b""
+        self.chosen: dict[str, str] = {}  # URL parameters a request chose (resolved)
+        self.current: dict[str, str] = {}  # the parameters of the latest start
+        self.generation = 0  # counts starts: a start overtaken by a restart gives up
+        self.control: asyncio.AbstractServer | None = None
 
     @property
     def title(self) -> str:
@@ -133,7 +146,8 @@ class Launcher:
                 permanent=True,
             )
             return True
-        reason = site.disabled_reason(self.app.name)
+        # An app outside the registry (a site's own AppSpec) has no settings to disable it.
+        reason = site.disabled_reason(self.app.name) if self.app.name in site.apps else None
         if reason is not None:
             self.fail(
                 "is disabled here",
@@ -186,23 +200,45 @@ class Launcher:
         if self.cleaning:
             self.start_wanted = True  # the previous run's processes are still being stopped
             return
-        self._spawn(self.launch())
+        self.generation += 1
+        self._spawn(self.launch(self.generation))
 
-    async def launch(self) -> None:
-        """Look up the programs (after the site's setup snippet), prepare, and exec the app."""
+    def is_current(self, generation: int) -> bool:
+        """The start ``generation`` is still wanted (no stop, failure or restart since)."""
+        return self.state == "starting" and generation == self.generation
+
+    async def launch(self, generation: int = 0) -> None:
+        """Look up the programs (after the site's setup snippet), check the app's URL
+        parameters and the flags its program has, prepare, and exec the app."""
+        generation = generation or self.generation
         settings = self.settings
         env = app_env(settings.values)
         try:
             executables = await asyncio.to_thread(resolve_app, self.app, settings.values, env)
+            params = await self.resolve_params()
+            flags = await self.probe_flags(executables, env)
         except MissingExecutables as missing:
-            self.fail_missing(missing)
+            if self.is_current(generation):
+                self.fail_missing(missing)
             return
-        if self.state != "starting":
+        except CannotStart as cannot:
+            if self.is_current(generation):
+                self.fail(cannot.heading, cannot.paragraphs, cannot.status)
             return
+        if not self.is_current(generation):
+            return
+        self.current = params
         argv: list[str] = [self.app.name]
         try:
             launch = prepare_start(
-                self.app, self.runtime_dir, self.app_dir, self.prefix, settings.values, executables
+                self.app,
+                self.runtime_dir,
+                self.app_dir,
+                self.prefix,
+                settings.values,
+                executables,
+                params=params,
+                flags=flags,
             )
             env = start_env(self.app, launch, env)
             argv = self.app.command(launch)
@@ -210,6 +246,10 @@ class Launcher:
             for companion in self.app.companions(launch) if self.app.companions else []:
                 argv = companion
                 self.companions.append(self._popen(companion, env))
+        except CannotStart as cannot:
+            self.fail(cannot.heading, cannot.paragraphs, cannot.status)
+            await self.stop_app()
+            return
         except (OSError, subprocess.SubprocessError) as err:
             self.fail(
                 "could not be started",
@@ -217,7 +257,75 @@ class Launcher:
             )
             await self.stop_app()
             return
-        await self.wait_ready(launch, self.proc)
+        await self.wait_ready(launch, self.proc, generation)
+
+    async def resolve_params(self) -> dict[str, str]:
+        """This start's URL parameters: what a request chose, else the site's default."""
+        params = {}
+        for param in self.app.parameters:
+            value = self.chosen.get(param.name) or param.default(self.settings.values)
+            try:
+                params[param.name] = await asyncio.to_thread(param.resolve, value)
+            except ValueError as err:
+                raise CannotStart(*self.parameter_problem(param, value, str(err))) from None
+        return params
+
+    def parameter_problem(
+        self, param: Parameter, value: str, message: str
+    ) -> tuple[str, list[str], int]:
+        """A page's heading, paragraphs and status for a bad value, with a form to choose
+        another (the user has no terminal to fix it with)."""
+        example = f"{self.prefix}?{param.name}=…"
+        form = (
+            "<form method='get' action='' class='actions'>"
+            f"<label>Open another {escape(param.label)}: "
+            f"<input name='{escape(param.name)}' size='48' value='{escape(value)}'></label>"
+            "<button type='submit'>Open</button></form>"
+        )
+        return (
+            f"cannot open this {param.label}",
+            [
+                f"{escape(message)}.",
+                form,
+                f"Any {escape(param.label)} can also be opened from the address bar: "
+                f"<code>{escape(example)}</code>.",
+            ],
+            404,
+        )
+
+    async def probe_flags(self, executables: dict[str, str], env: dict[str, str]) -> frozenset[str]:
+        """Which of the app's flags its installed program has; a page if a required one
+        is missing (never a start that fails on an unknown option)."""
+        if not self.app.flags:
+            return frozenset()
+        main = next(iter(executables.values()))
+        found, text = await asyncio.to_thread(
+            supported_flags,
+            main,
+            [flag.name for flag in self.app.flags],
+            self.app.help_args,
+            str(self.settings["setup"]),
+            env,
+        )
+        missing = [flag for flag in self.app.flags if flag.required and flag.name not in found]
+        if missing:
+            self.tail.extend(text.strip().splitlines()[-TAIL_LINES:])
+            asked = " ".join([main, *self.app.help_args])
+            raise CannotStart(
+                "cannot run with the version installed here",
+                [
+                    f"<code>{escape(asked)}</code> does not list "
+                    + " or ".join(f"<code>{escape(flag.name)}</code>" for flag in missing)
+                    + ".",
+                    *(escape(flag.required) for flag in missing),
+                    "Administrators: install a newer version, or point the site "
+                    "configuration's <code>executable</code> (or <code>setup</code>) at one.",
+                ],
+            )
+        omitted = [flag.name for flag in self.app.flags if flag.name not in found]
+        if omitted:
+            self.log(f"{main} does not list {', '.join(omitted)}: starting without them")
+        return found
 
     def _popen(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         """Start one process of the app in a session of its own, its output to our log."""
@@ -259,10 +367,13 @@ class Launcher:
             self.tail.append(line)
             self.log(line)
 
-    async def wait_ready(self, launch: Launch, proc: subprocess.Popen[bytes]) -> None:
+    async def wait_ready(
+        self, launch: Launch, proc: subprocess.Popen[bytes], generation: int = 0
+    ) -> None:
         """Poll the app's own socket until it answers HTTP, it dies, or time runs out."""
+        generation = generation or self.generation
         deadline = self.started_at + self.timeout
-        while self.state == "starting" and self.proc is proc:
+        while self.is_current(generation) and self.proc is proc:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.fail(
@@ -279,7 +390,7 @@ class Launcher:
             if await http_answers(
                 launch.socket, self.app.ready_path, min(remaining, 5.0)
             ) and await self.banners_answer(launch, min(remaining, 5.0)):
-                if self.state == "starting" and self.proc is proc:
+                if self.is_current(generation) and self.proc is proc:
                     os.rename(launch.socket, self.socket_path)
                     self.stop_listening()
                     self.state = "running"
@@ -417,9 +528,15 @@ class Launcher:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             method, headers = parse_head(head)
             probe = pages.PROBE_HEADER.lower() in headers
-            if not probe and self.state == "stopped":
-                self.start_app()
-            status, content_type, body = self.render(probe)
+            page = None
+            if not probe and self.app.parameters:
+                page = (await self.choose(request_query(head)))[1]
+            if page is not None:
+                status, content_type, body = page
+            else:
+                if not probe and self.state == "stopped":
+                    self.start_app()
+                status, content_type, body = self.render(probe)
             response = [
                 f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Status')}",
                 f"Content-Type: {content_type}",
@@ -436,6 +553,74 @@ class Launcher:
             await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             pass
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def choose(
+        self, query: dict[str, list[str]]
+    ) -> tuple[str, tuple[int, str, bytes] | None]:
+        """Apply the app's parameters in a request's query: "same" (nothing changes),
+        "switching" (the app is relaunched with them), or "error" with a page."""
+        resolved = {}
+        for param in self.app.parameters:
+            if not query.get(param.name):
+                continue
+            value = query[param.name][-1]
+            try:
+                resolved[param.name] = await asyncio.to_thread(param.resolve, value)
+            except ValueError as err:
+                heading, paragraphs, status = self.parameter_problem(param, value, str(err))
+                html = pages.error_page(
+                    self.title,
+                    f"{self.title} {heading}",
+                    paragraphs,
+                    retry=False,
+                    home=self.home_url,
+                )
+                return "error", (status, "text/html; charset=utf-8", html.encode())
+        if not resolved:
+            return "same", None
+        wanted = {**self.current, **self.chosen}  # what the app runs or is about to run with
+        changed = {k: v for k, v in resolved.items() if wanted.get(k) != v}
+        self.chosen.update(resolved)
+        if not changed or self.state not in ("starting", "running"):
+            return "same", None
+        self.log("relaunching with " + ", ".join(f"{k}={v}" for k, v in changed.items()))
+        await self.restart()
+        return "switching", None
+
+    async def restart(self) -> None:
+        """Stop the app now and start it again: the socket is ours again before this
+        returns, so the next request already sees the progress page."""
+        self.generation += 1  # a start under way gives up
+        if self.cleaning:
+            self.start_wanted = True  # the start after the cleanup takes the new values
+            return
+        if self.state == "running":
+            await self.listen()
+        self.state = "stopped"
+        self.cleanup_after_app()
+        self.start_app()
+
+    async def handle_control(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One request from the Jupyter server: ``{"params": {...}}`` in, the result of
+        :meth:`choose` out (with the page, for an error), each as one JSON line."""
+        try:
+            request = json.loads(await asyncio.wait_for(reader.readline(), 5))
+            params = request["params"]
+            query = {str(k): [str(v)] for k, v in params.items()}
+            result, page = await self.choose(query)
+            reply: dict[str, object] = {"result": result}
+            if page is not None:
+                reply.update(status=page[0], page=page[2].decode())
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # not a request of ours
         except (asyncio.TimeoutError, ConnectionError):
             pass
         finally:
@@ -489,6 +674,8 @@ class Launcher:
     async def shutdown(self) -> None:
         self.state = "stopping"
         self.stop_listening()
+        if self.control is not None:
+            self.control.close()
         await self.stop_app()
         remove_tree(self.runtime_dir)
         self.done.set()
@@ -507,6 +694,11 @@ class Launcher:
             loop.add_signal_handler(signum, self.request_shutdown, signum)
         loop.add_signal_handler(signal.SIGCHLD, self.on_sigchld)
         await self.listen()
+        if self.app.parameters:
+            control = self.runtime_dir / CONTROL_SOCKET
+            control.unlink(missing_ok=True)
+            self.control = await asyncio.start_unix_server(self.handle_control, path=str(control))
+            os.chmod(control, 0o600)
         self._spawn(self.watch_parent())
         if not self.refuse_by_configuration():
             self.start_app()
@@ -521,10 +713,15 @@ def prepare_start(
     prefix: str,
     settings: Mapping[str, object],
     executables: dict[str, str],
+    params: Mapping[str, str] | None = None,
+    flags: frozenset[str] = frozenset(),
 ) -> Launch:
     """Everything one start of ``app`` needs before its processes run, in a fresh
     private ``app_dir``: the secret, the X authority file, the app's own files.
-    (The benchmarks' direct path uses it too, so both paths start the same app.)"""
+    (The benchmarks' direct path uses it too, so both paths start the same app; there
+    ``params`` are the defaults, and a bad one raises ValueError.)"""
+    if params is None:
+        params = {p.name: p.resolve(p.default(settings)) for p in app.parameters}
     fresh_private_dir(app_dir)
     launch = Launch(
         name=app.name,
@@ -535,6 +732,8 @@ def prepare_start(
         executables=executables,
         prefix=prefix,
         settings=settings,
+        params=params,
+        flags=flags,
     )
     if app.x_display:
         write_private_file(launch.xauthority, b"")
@@ -571,6 +770,13 @@ def parse_head(head: bytes) -> tuple[str, dict[str, str]]:
         if sep:
             headers[name.strip().lower()] = value.strip()
     return method, headers
+
+
+def request_query(head: bytes) -> dict[str, list[str]]:
+    """The query of an HTTP request head's target, as ``parse_qs`` gives it."""
+    line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = line.split(" ")
+    return parse_qs(urlsplit(parts[1]).query) if len(parts) >= 2 else {}
 
 
 async def http_answers(socket_path: Path, path: str, timeout: float) -> bool:

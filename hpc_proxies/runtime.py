@@ -85,3 +85,37 @@ def write_secret(
 def read_secret(path: str | os.PathLike[str]) -> str:
     """Read a secret file written by :func:`write_secret`."""
     return Path(path).read_text().strip()
+
+
+def existing_directory(value: str, base: str | os.PathLike[str] | None = None) -> Path:
+    """The real path of the directory a user or admin named (``~`` expanded, relative to
+    ``base`` or the working directory), or ValueError with a message for the user.
+
+    The value may come from a URL, so it is checked before any program sees it: no
+    control characters, no remote storage (``gs://``: an app would open network
+    connections for it), and it must be an existing, readable directory (an app given
+    a missing one would show an empty page, or fail and be restarted in a loop).
+    """
+    text = value.strip()
+    if not text:
+        raise ValueError("no directory was given")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError("the directory name contains control characters")
+    if len(text) > 4096:
+        raise ValueError("the directory name is too long")
+    if "://" in text:
+        raise ValueError(
+            f"{text} is not a directory on this system; remote storage (gs://, s3://, …) "
+            "is not supported here"
+        )
+    path = Path(os.path.expanduser(text))
+    if not path.is_absolute():
+        path = Path(base if base is not None else os.getcwd()) / path
+    real = Path(os.path.realpath(path))
+    if not real.exists():
+        raise ValueError(f"{text} does not exist")
+    if not real.is_dir():
+        raise ValueError(f"{text} is not a directory")
+    if not os.access(real, os.R_OK | os.X_OK):
+        raise ValueError(f"{text} cannot be read by you")
+    return real

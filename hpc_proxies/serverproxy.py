@@ -13,20 +13,27 @@ changes under us):
 * ``unix_socket: True`` makes a private directory that nobody removes, and readiness
   is a single GET with any status: the launcher (``hpc_proxies.launcher``) owns that
   directory, answers at once with a progress page, and removes it at exit.
+
+It also holds what the Jupyter side does for apps in their responses (``rewrite_response``):
+the launch secret put into the entry page, redirects to another host made to point
+here, and a URL parameter chosen while the app runs passed on to its launcher.
 """
 
 from __future__ import annotations
 
 import difflib
 import gzip
+import json
 import logging
 import os
+import socket
 import sys
 import zlib
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from . import config, pages
-from .launcher import APP_DIR
+from .launcher import APP_DIR, CONTROL_SOCKET
 from .runtime import SECRET_FILE, read_secret
 from .spec import AppSpec
 
@@ -57,6 +64,9 @@ LAUNCHER_ENTRY_KEYS = frozenset({"enabled", "icon_path", "title", "path_info", "
 #: How long jupyter-server-proxy waits for the launcher itself to answer (it binds at
 #: once; the app's own, configurable timeout is enforced by the launcher).
 LAUNCHER_TIMEOUT = 30.0
+#: How long a request waits for the launcher to take a URL parameter (it answers in
+#: milliseconds: it only checks the value and takes its socket back).
+CONTROL_TIMEOUT = 5.0
 
 
 class InvalidServerProcess(ValueError):
@@ -113,6 +123,48 @@ def inject_into_head(body: bytes, encoding: str, snippet: str) -> bytes | None:
     return body[: end + 1] + snippet.encode() + body[end + 1 :]
 
 
+def redirect_to_this_host(location: str, host: str) -> str | None:
+    """``location`` made to point at ``host`` (the one the browser used) if the app
+    named another host or port in it (it believes it runs at ``localhost:8787``); None
+    if it needs no change. The result is scheme-relative (``//host/path``), so a page
+    reached by https behind a TLS proxy stays on https."""
+    parsed = urlsplit(location)
+    if not parsed.netloc or parsed.netloc == host:
+        return None
+    return urlunsplit(("", host, parsed.path or "/", parsed.query, parsed.fragment))
+
+
+def ask_launcher(control: Path, message: dict, timeout: float = CONTROL_TIMEOUT) -> dict | None:
+    """Send one JSON line to a launcher's control socket; its one-line answer, or None."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(control))
+            sock.sendall(json.dumps(message).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        reply = json.loads(data) if data else None
+    except (OSError, ValueError):
+        return None
+    return reply if isinstance(reply, dict) else None
+
+
+def _replace_body(response, code: int, body: bytes, content_type: str | None) -> None:
+    """Give ``response`` a new status and body, without the app's caching and encoding."""
+    for header in ("Content-Encoding", "Content-Type", "ETag", "Last-Modified", "Expires"):
+        if header in response.headers:
+            del response.headers[header]
+    if content_type:
+        response.headers["Content-Type"] = content_type
+    response.headers["Cache-Control"] = "no-store"
+    response.code = code
+    response.body = body
+
+
 class _LaunchDirectory:
     """Where the current launch of one app lives: its socket path (never a secret)."""
 
@@ -123,6 +175,11 @@ class _LaunchDirectory:
         if self.socket is None:
             return None
         return Path(self.socket).parent / APP_DIR / SECRET_FILE
+
+    def control(self) -> Path | None:
+        if self.socket is None:
+            return None
+        return Path(self.socket).parent / CONTROL_SOCKET
 
 
 def server_process(app: AppSpec, site: config.SiteConfig | None = None) -> dict:
@@ -167,6 +224,7 @@ def server_process(app: AppSpec, site: config.SiteConfig | None = None) -> dict:
         "command": command,
         "unix_socket": True,
         "timeout": LAUNCHER_TIMEOUT,
+        "absolute_url": app.absolute_url,
         "new_browser_tab": True,
         "launcher_entry": {
             "enabled": enabled,
@@ -175,6 +233,7 @@ def server_process(app: AppSpec, site: config.SiteConfig | None = None) -> dict:
         },
     }
 
+    rewrites = []
     if app.page_script is not None:
         page_script = app.page_script
 
@@ -198,6 +257,52 @@ def server_process(app: AppSpec, site: config.SiteConfig | None = None) -> dict:
                 del response.headers["Content-Encoding"]
             response.headers["Cache-Control"] = "no-store"
 
-        server["rewrite_response"] = give_secret_to_page
+        rewrites.append(give_secret_to_page)
+
+    if app.fix_redirect_host:
+
+        def keep_redirects_here(request, response):
+            """The app's redirects to another host or port lead back through Jupyter."""
+            location = response.headers.get("Location")
+            fixed = redirect_to_this_host(location, request.host) if location else None
+            if fixed is not None:
+                response.headers["Location"] = fixed
+
+        rewrites.append(keep_redirects_here)
+
+    if app.parameters:
+        names = [param.name for param in app.parameters]
+
+        def pass_parameters_on(request, response, path):
+            """A URL parameter chosen while the app runs (``?logdir=DIR``) goes to the
+            launcher: the app is relaunched with it and this request is sent to its own
+            URL again (where the progress page now answers), or a page says what is
+            wrong with it while the app keeps running."""
+            if request.method != "GET" or path not in app.html_paths:
+                return
+            if pages.STATE_HEADER in response.headers:
+                return  # the launcher answered this request and took the parameter itself
+            query = parse_qs(request.query)
+            wanted = {name: query[name][-1] for name in names if query.get(name)}
+            control = launch_dir.control()
+            if not wanted or control is None:
+                return
+            reply = ask_launcher(control, {"params": wanted})
+            if reply is None:
+                log.warning("%s: the launcher did not take the URL parameters", app.name)
+            elif reply.get("result") == "switching":
+                _replace_body(response, 303, b"", None)
+                response.headers["Location"] = "?" + request.query
+            elif reply.get("result") == "error":
+                page = str(reply.get("page", "")).encode()
+                _replace_body(
+                    response, int(reply.get("status", 404)), page, "text/html; charset=utf-8"
+                )
+                response.headers[pages.STATE_HEADER] = "failed"
+
+        rewrites.append(pass_parameters_on)
+
+    if rewrites:
+        server["rewrite_response"] = rewrites if len(rewrites) > 1 else rewrites[0]
 
     return validate_server_process(app.name, server)

@@ -26,6 +26,44 @@ class Requirement:
 Requirements = tuple[Requirement, ...]
 
 
+class CannotStart(Exception):
+    """The app cannot start here for a reason the user or admin can fix (a flag the
+    installed program lacks, a directory that does not exist): the launcher shows
+    ``paragraphs`` (HTML; callers escape what they insert) instead of starting it."""
+
+    def __init__(self, heading: str, paragraphs: list[str], status: int = 503):
+        super().__init__(heading)
+        self.heading = heading
+        self.paragraphs = paragraphs
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line option of the app's main program, used only if the installed
+    program lists it in its help output, so older versions still start. A ``required``
+    flag (its text says why it is needed and how to get it) stops the start instead."""
+
+    name: str
+    required: str = ""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A value the user chooses in the app's URL (``/app/?name=value``), e.g. which
+    directory TensorBoard shows: a new value relaunches the app with it.
+
+    ``default(settings)`` is used when no URL has chosen one; ``resolve(value)`` turns a
+    value into the one the app gets, or raises ``ValueError`` with a message for the
+    user (it runs in the launcher, as the user, before anything starts).
+    """
+
+    name: str
+    label: str
+    default: Callable[[Mapping[str, object]], str]
+    resolve: Callable[[str], str]
+
+
 @dataclass(frozen=True)
 class Setting:
     """One key of the site configuration, declared with its type, default and help."""
@@ -54,6 +92,8 @@ class Launch:
     executables: dict[str, str]
     prefix: str
     settings: Mapping[str, object] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)
+    flags: frozenset[str] = frozenset()
 
     @property
     def xauthority(self) -> Path:
@@ -63,6 +103,10 @@ class Launch:
     def executable(self) -> str:
         """The app's main program, resolved (the site may have put another in its place)."""
         return next(iter(self.executables.values()))
+
+    def supports(self, flag: str) -> bool:
+        """Whether the installed main program lists ``flag`` (see ``AppSpec.flags``)."""
+        return flag in self.flags
 
 
 def _no_environment(launch: Launch) -> dict[str, str]:
@@ -85,6 +129,13 @@ class AppSpec:
     more processes started beside the main one (e.g. the websocket bridge in front of a
     VNC server), without ``setup``; the app is ready when ``socket`` answers HTTP and
     each of ``ready_banners`` greets.
+
+    ``flags`` are looked up in the main program's ``help_args`` output at each start
+    (``launch.flags`` holds those it has); ``parameters`` are chosen per request in the
+    URL (``launch.params`` holds their resolved values). ``absolute_url`` sends the app
+    the full public path (for apps told their prefix, like TensorBoard's
+    ``--path_prefix``); ``fix_redirect_host`` rewrites redirects to another host or port
+    (an app that believes it runs on ``localhost:8787``) to the host the browser used.
     """
 
     name: str
@@ -107,6 +158,11 @@ class AppSpec:
     version_args: tuple[str, ...] | None = None
     companions: Callable[[Launch], list[list[str]]] | None = None
     ready_banners: Callable[[Launch], list[tuple[Path, bytes]]] | None = None
+    flags: tuple[Flag, ...] = ()
+    help_args: tuple[str, ...] = ("--help",)
+    parameters: tuple[Parameter, ...] = ()
+    absolute_url: bool = False
+    fix_redirect_host: bool = False
 
     def requirements(self, settings: Mapping[str, object]) -> tuple[Requirement, ...]:
         """What must be installed, for these settings (the session program may vary)."""

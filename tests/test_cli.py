@@ -109,12 +109,17 @@ def test_status_json_and_a_missing_executable(three, tmp_path):
     data = json.loads(done.stdout)
     assert data["files"] == [str(three)] and data["valid"] is True
     assert data["system"] == "laptop"
-    assert [app["app"] for app in data["apps"]] == ["xpra", "vnc"]
-    xpra, vnc = data["apps"]
+    apps = {app["app"]: app for app in data["apps"]}
+    assert list(apps)[:2] == ["xpra", "vnc"] and {"tensorboard", "rstudio"} <= set(apps)
+    xpra, vnc = apps["xpra"], apps["vnc"]
     assert vnc["missing"][:2] == ["vncserver", "vncpasswd"]
     assert xpra["executable"] is None
     assert xpra["missing"] == ["xpra", "Xvfb", "xterm"]
     assert xpra["settings"]["environment"] == {"A": "1"}
+    # TensorBoard comes with the Python package (the venv), RStudio Server does not.
+    assert apps["tensorboard"]["executable"] == str(Path(sys.executable).parent / "tensorboard")
+    assert apps["tensorboard"]["settings"]["logdir"] == ""
+    assert apps["rstudio"]["missing"] == ["rserver"]
 
 
 def test_status_fails_on_an_invalid_configuration(tmp_path):

@@ -18,11 +18,14 @@ def test_wheel_ships_icons_and_entry_points(tmp_path):
     (wheel,) = tmp_path.glob("hpc_proxies-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-        for app in ("xpra", "vnc"):
+        for app in ("xpra", "vnc", "tensorboard", "rstudio"):
             assert f"hpc_proxies/icons/{app}.svg" in names
             assert f"hpc_proxies/{app}/__init__.py" in names
+        assert "hpc_proxies/tensorboard/serve.py" in names  # run by TensorBoard's own Python
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         text = zf.read(entry_points).decode()
     assert "[jupyter_serverproxy_servers]" in text
     assert "xpra = hpc_proxies.xpra:setup_xpra" in text
     assert "vnc = hpc_proxies.vnc:setup_vnc" in text
+    assert "tensorboard = hpc_proxies.tensorboard:setup_tensorboard" in text
+    assert "rstudio = hpc_proxies.rstudio:setup_rstudio" in text

@@ -1,0 +1,343 @@
+"""The core's per-launch options, with real processes and sockets: URL parameters that
+relaunch an app (TensorBoard's ``?logdir=``), flags read from a program's ``--help``
+(rserver's), programs found beside Jupyter's Python, the Python behind a console
+script, directories named in a URL, and redirects to another host."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from hpc_proxies import pages
+from hpc_proxies.executables import python_of, resolve, supported_flags
+from hpc_proxies.launcher import CONTROL_SOCKET, Launcher
+from hpc_proxies.rstudio import APP as RSTUDIO
+from hpc_proxies.runtime import ensure_private_dir, existing_directory
+from hpc_proxies.serverproxy import redirect_to_this_host, server_process
+from hpc_proxies.spec import AppSpec, Flag, Parameter, Requirement
+
+# A tiny app: HTTP on the unix socket in argv[1], answering with its argv[2].
+ECHO_APP = textwrap.dedent(
+    """
+    import socketserver, sys
+    from http.server import BaseHTTPRequestHandler
+
+    class H(BaseHTTPRequestHandler):
+        def address_string(self):
+            return "unix"
+        def do_GET(self):
+            body = ("value=" + sys.argv[2]).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+
+    socketserver.UnixStreamServer(sys.argv[1], H).serve_forever()
+    """
+)
+
+
+# ---------------------------------------------------------------- flags from --help
+def fake_program(path: Path, help_text: str) -> Path:
+    path.write_text(f"#!/bin/sh\ncat <<'EOF'\n{help_text}\nEOF\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_supported_flags_are_whole_words_from_help(tmp_path):
+    prog = fake_program(
+        tmp_path / "prog",
+        "Usage: prog [options]\n  --www-socket-mode arg  the mode\n  --auth-none arg  no login",
+    )
+    found, text = supported_flags(str(prog), ["--www-socket", "--auth-none", "--www-root-path"])
+    assert found == {"--auth-none"}, "--www-socket must not match --www-socket-mode"
+    assert "Usage: prog" in text
+
+
+def test_supported_flags_run_after_the_setup_snippet(tmp_path):
+    fake_program(tmp_path / "prog", "  --www-socket arg")
+    found, _ = supported_flags(
+        "prog", ["--www-socket"], setup=f"export PATH={tmp_path}:$PATH", env=dict(os.environ)
+    )
+    assert found == {"--www-socket"}
+
+
+def test_supported_flags_of_a_missing_program_is_empty_with_the_reason(tmp_path):
+    found, text = supported_flags(str(tmp_path / "nothing"), ["--x"])
+    assert found == frozenset() and "No such file" in text
+
+
+# ---------------------------------------------------------------- lookup and Python
+def test_programs_beside_jupyters_python_are_found_without_path():
+    """``pip install 'hpc-proxies[tensorboard]'`` puts programs beside this Python, whose
+    bin directory need not be on PATH (here: the hpc-proxies console script)."""
+    found = resolve((Requirement("hpc-proxies", ""),), env={"PATH": "/usr/bin:/bin"})
+    assert found == {"hpc-proxies": str(Path(sys.executable).parent / "hpc-proxies")}
+
+
+def test_python_of_console_scripts(tmp_path):
+    assert python_of("/usr/bin/python3.11") == "/usr/bin/python3.11"
+    pip_script = tmp_path / "tool"
+    pip_script.write_text("#!/opt/env/bin/python3.11\nimport sys\n")
+    assert python_of(str(pip_script)) == "/opt/env/bin/python3.11"
+    trampoline = tmp_path / "long"
+    trampoline.write_text(
+        "#!/bin/sh\n'''exec' \"/very/long path/bin/python\" \"$0\" \"$@\"\n' '''\nimport sys\n"
+    )
+    assert python_of(str(trampoline)) == "/very/long path/bin/python"
+    env_script = tmp_path / "envtool"
+    env_script.write_text("#!/usr/bin/env python3\n")
+    assert python_of(str(env_script)) == shutil.which("python3")
+    shell = tmp_path / "wrapper"
+    shell.write_text("#!/bin/bash\nexec something\n")
+    assert python_of(str(shell)) is None
+    assert python_of("/bin/ls") is None
+    assert python_of(str(tmp_path / "missing")) is None
+
+
+# ---------------------------------------------------------------- directories in URLs
+def test_existing_directory_resolves_safely(tmp_path, monkeypatch):
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "runs")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert existing_directory("runs/a", base=tmp_path) == tmp_path / "runs" / "a"
+    assert existing_directory("~/runs") == tmp_path / "runs"
+    assert existing_directory(f"  {tmp_path}/link/a ") == tmp_path / "runs" / "a"
+    cases = {
+        "nope": "nope does not exist",
+        "file": "file is not a directory",
+        "gs://bucket/runs": "remote storage",
+        "runs\n/a": "control characters",
+        "": "no directory was given",
+    }
+    for value, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            existing_directory(value, base=tmp_path)
+
+
+# ---------------------------------------------------------------- redirects
+def test_redirects_to_another_host_come_back_to_the_browsers_host():
+    here = "hub.example.org"
+    fixed = redirect_to_this_host("http://localhost:8787/user/a/rstudio/x?y=1#z", here)
+    assert fixed == "//hub.example.org/user/a/rstudio/x?y=1#z"
+    assert redirect_to_this_host("http://hub.example.org/x", here) is None
+    assert redirect_to_this_host("/user/a/rstudio/x", here) is None
+    assert redirect_to_this_host("x/y", here) is None
+
+
+def test_the_redirect_rewrite_is_in_the_server_dict():
+    """RStudio declares ``fix_redirect_host``: its server dict rewrites such redirects."""
+    rewrite = server_process(RSTUDIO)["rewrite_response"]
+    response = SimpleNamespace(headers={"Location": "http://127.0.0.1:8787/rstudio/in"})
+    rewrite(request=SimpleNamespace(host="127.0.0.1:9999"), response=response)
+    assert response.headers["Location"] == "//127.0.0.1:9999/rstudio/in"
+
+
+# ---------------------------------------------------------------- URL parameters
+def demo_app(tmp_path: Path) -> AppSpec:
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+
+    def command(launch):
+        return [sys.executable, "-c", ECHO_APP, str(launch.socket), launch.params["dir"]]
+
+    return AppSpec(
+        name="demo",
+        title="Demo App",
+        icon="",
+        requires=(Requirement("sh", ""),),
+        command=command,
+        parameters=(
+            Parameter(
+                "dir",
+                "data directory",
+                default=lambda settings: str(tmp_path / "one"),
+                resolve=lambda value: str(existing_directory(value, base=tmp_path)),
+            ),
+        ),
+    )
+
+
+async def get(socket_path: Path, target: str, probe: bool = False) -> tuple[int, dict, str]:
+    reader, writer = await asyncio.open_unix_connection(str(socket_path))
+    extra = f"{pages.PROBE_HEADER}: 1\r\n" if probe else ""
+    writer.write(f"GET {target} HTTP/1.0\r\nHost: x\r\n{extra}\r\n".encode())
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.decode().partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+async def wait_for_value(socket_path: Path, value: str) -> None:
+    for _ in range(200):
+        status, headers, body = await get(socket_path, "/", probe=True)
+        if pages.STATE_HEADER not in headers and body == f"value={value}":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the app never answered value={value}: {status} {headers} {body}")
+
+
+async def control(runtime: Path, message: object) -> dict | None:
+    reader, writer = await asyncio.open_unix_connection(str(runtime / CONTROL_SOCKET))
+    writer.write(json.dumps(message).encode() + b"\n")
+    line = await reader.readline()
+    writer.close()
+    return json.loads(line) if line else None
+
+
+async def test_a_url_parameter_starts_relaunches_and_refuses_bad_values(tmp_path):
+    runtime = ensure_private_dir(tmp_path / "run")
+    launcher = Launcher(demo_app(tmp_path), runtime / "socket", "/demo/", None)
+    task = asyncio.create_task(launcher.run())
+    sock = runtime / "socket"
+    try:
+        for _ in range(100):
+            if (runtime / CONTROL_SOCKET).exists():
+                break
+            await asyncio.sleep(0.02)
+        assert oct((runtime / CONTROL_SOCKET).stat().st_mode & 0o777) == "0o600"
+        # The first start takes the default; a request to the launcher may choose another.
+        await wait_for_value(sock, str(tmp_path / "one"))
+        assert launcher.current == {"dir": str(tmp_path / "one")}
+
+        # While the app runs, the Jupyter side passes a choice on: the socket is the
+        # launcher's again by the time the answer comes, then the app has the new value.
+        old_pid = launcher.proc.pid
+        assert await control(runtime, {"params": {"dir": "two"}}) == {"result": "switching"}
+        status, headers, _ = await get(sock, "/?dir=two")
+        assert status == 202 and headers[pages.STATE_HEADER] == "starting"
+        await wait_for_value(sock, str(tmp_path / "two"))
+        assert launcher.proc.pid != old_pid
+        # The same value again (the progress page reloading into the app) changes nothing.
+        assert await control(runtime, {"params": {"dir": str(tmp_path / "two")}}) == {
+            "result": "same"
+        }
+        assert launcher.state == "running"
+
+        # A bad value: a page naming it, with a form for another; the app keeps running.
+        reply = await control(runtime, {"params": {"dir": "missing<b>"}})
+        assert reply["result"] == "error" and reply["status"] == 404
+        assert "Demo App cannot open this data directory" in reply["page"]
+        assert "missing&lt;b&gt; does not exist" in reply["page"]
+        assert "<input name='dir'" in reply["page"] and "<b>" not in reply["page"]
+        assert launcher.state == "running"
+        await wait_for_value(sock, str(tmp_path / "two"))
+        assert await control(runtime, "not a request") is None, "no answer, no change"
+        assert launcher.state == "running"
+
+        # After the app exits, a request to the launcher with a value starts it with that.
+        os.kill(launcher.proc.pid, signal.SIGKILL)
+        for _ in range(100):
+            if launcher.state == "stopped" and launcher.server is not None:
+                break
+            await asyncio.sleep(0.05)
+        status, headers, body = await get(sock, "/?dir=nope")
+        assert status == 404 and "nope does not exist" in body
+        assert launcher.state == "stopped", "a bad value starts nothing"
+        status, headers, _ = await get(sock, "/?dir=one")
+        assert status == 202
+        await wait_for_value(sock, str(tmp_path / "one"))
+    finally:
+        launcher.request_shutdown(signal.SIGTERM)
+        await asyncio.wait_for(task, 15)
+    assert not runtime.exists()
+
+
+async def test_a_bad_default_gives_a_page_not_a_start(tmp_path):
+    app = demo_app(tmp_path)
+    app = AppSpec(
+        **{
+            **app.__dict__,
+            "parameters": (
+                Parameter(
+                    "dir",
+                    "data directory",
+                    default=lambda settings: str(tmp_path / "gone"),
+                    resolve=lambda value: str(existing_directory(value)),
+                ),
+            ),
+        }
+    )
+    launcher = Launcher(app, ensure_private_dir(tmp_path / "run") / "socket", "/demo/", None)
+    launcher.start_app()
+    for _ in range(100):
+        if launcher.state == "failed":
+            break
+        await asyncio.sleep(0.05)
+    status, _, body = launcher.render(probe=False)
+    assert status == 404
+    assert f"{tmp_path / 'gone'} does not exist" in body.decode()
+    assert launcher.proc is None
+
+
+# ---------------------------------------------------------------- flags at launch
+def flag_app(program: Path) -> AppSpec:
+    def command(launch):
+        argv = [str(program)] + [f for f in ("--b", "--c") if launch.supports(f)]
+        return ["sh", "-c", f"echo {' '.join(argv)}; sleep 30"]
+
+    return AppSpec(
+        name="demo",
+        title="Demo App",
+        icon="",
+        requires=(Requirement(str(program), ""),),
+        command=command,
+        flags=(Flag("--a", required="It cannot listen privately without it."), Flag("--b")),
+    )
+
+
+async def test_a_missing_required_flag_gives_a_page_naming_it(tmp_path):
+    program = fake_program(tmp_path / "prog", "Options:\n  --b arg  bee")
+    launcher = Launcher(
+        flag_app(program), ensure_private_dir(tmp_path / "run") / "socket", "/", None
+    )
+    launcher.start_app()
+    for _ in range(200):
+        if launcher.state == "failed":
+            break
+        await asyncio.sleep(0.05)
+    status, _, body = launcher.render(probe=False)
+    html = body.decode()
+    assert status == 503
+    assert "Demo App cannot run with the version installed here" in html
+    assert f"<code>{program} --help</code> does not list <code>--a</code>" in html
+    assert "It cannot listen privately without it." in html
+    assert "--b arg  bee" in html, "the program's help is shown as its output"
+    assert launcher.proc is None, "nothing was started"
+
+
+@pytest.mark.parametrize(
+    ("help_text", "expected"),
+    [("  --a arg\n  --b arg\n  --c arg", "--b"), ("  --a arg\n  --c arg", "")],
+)
+async def test_optional_flags_are_used_only_when_listed(tmp_path, help_text, expected):
+    """``--b`` is used only if listed; ``--c`` is listed but not declared, so never asked."""
+    program = fake_program(tmp_path / "prog", help_text)
+    runtime = ensure_private_dir(tmp_path / "run")
+    launcher = Launcher(flag_app(program), runtime / "socket", "/", None)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGCHLD, launcher.on_sigchld)
+    try:
+        launcher.start_app()
+        for _ in range(200):
+            if any(line.startswith(str(program)) for line in launcher.tail):
+                break
+            await asyncio.sleep(0.05)
+        assert f"{program} {expected}".strip() in list(launcher.tail), list(launcher.tail)
+    finally:
+        await launcher.stop_app()
+        loop.remove_signal_handler(signal.SIGCHLD)

@@ -1,0 +1,298 @@
+"""TensorBoard behind a real Jupyter server: real TensorBoard processes reading real
+event files, real sockets, the logdir switched through the URL."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import kill_leftovers, start_jupyter
+from tb_events import write_experiments, write_scalars
+from test_xpra_integration import as_nobody, cmdline, find_process
+
+from hpc_proxies import pages, procs
+from hpc_proxies.launcher import CONTROL_SOCKET
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = pages.STATE_HEADER
+
+
+@pytest.fixture(scope="module")
+def runs(shared_jupyter):
+    """Two experiments in the directory the Jupyter server runs in (its root dir)."""
+    return write_experiments(shared_jupyter.root_dir)
+
+
+def raw_get(server, path: str) -> tuple[int, http.client.HTTPMessage, str]:
+    """GET through Jupyter without following redirects."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"token {server.token}"})
+        resp = conn.getresponse()
+        return resp.status, resp.headers, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def api(server, path: str):
+    resp = server.request("/tensorboard/" + path)
+    assert resp.status == 200 and STATE not in resp.headers, (path, resp.status, resp.text[:300])
+    return json.loads(resp.body)
+
+
+def wait_for_runs(server, expected: set[str], timeout: float = 30) -> list[str]:
+    """TensorBoard loads event files in the background: poll its runs API."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = api(server, "data/runs")
+        if set(found) == expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.25)
+
+
+def session_pids(server) -> set[int]:
+    launcher = server.launcher_pid("tensorboard")
+    return {launcher} | procs.descendants(launcher)
+
+
+def tensorboard_pid(server) -> int:
+    return find_process(session_pids(server), "serve.py")
+
+
+def test_first_request_shows_progress_then_tensorboard_under_its_prefix(shared_jupyter, runs):
+    first = shared_jupyter.request("/tensorboard/")
+    assert first.status == 202, first.text[:500]
+    assert first.headers.get(STATE) == "starting"
+    assert "Starting TensorBoard" in first.text
+
+    page = shared_jupyter.wait_for_app("/tensorboard/")
+    assert page.status == 200 and 'name="tb-relative-root"' in page.text, page.text[:300]
+    # The default: the directory the Jupyter server runs in.
+    assert api(shared_jupyter, "data/logdir") == {"logdir": str(shared_jupyter.root_dir)}
+    environment = api(shared_jupyter, "data/environment")
+    assert environment["data_location"] == str(shared_jupyter.root_dir)
+    # It was told its public prefix; --load_fast=false (no data server) is in its argv.
+    argv = cmdline(tensorboard_pid(shared_jupyter))
+    assert argv[argv.index("--path-prefix") + 1] == "/tensorboard"
+    assert argv[argv.index("--logdir") + 1] == str(shared_jupyter.root_dir)
+
+
+def test_runs_api_lists_the_runs_and_scalar_data_comes_back(shared_jupyter, runs):
+    shared_jupyter.wait_for_app("/tensorboard/")
+    assert sorted(wait_for_runs(shared_jupyter, set(runs))) == sorted(runs)
+    tags = api(shared_jupyter, "data/plugin/scalars/tags")
+    for run, (_, tag, values) in runs.items():
+        assert tag in tags[run], tags
+        data = api(shared_jupyter, f"data/plugin/scalars/scalars?run={run}&tag={tag}")
+        assert [step for _, step, _ in data] == list(range(len(values)))
+        assert [value for _, _, value in data] == pytest.approx(values, rel=1e-6)
+
+
+def test_the_logdir_is_switched_through_the_url(shared_jupyter, runs):
+    shared_jupyter.wait_for_app("/tensorboard/")
+    before = tensorboard_pid(shared_jupyter)
+    exp2 = shared_jupyter.root_dir / "experiments" / "exp2"
+
+    # The request that chooses it is sent to its own URL again: the launcher has the
+    # socket by then, so the progress page answers, then the relaunched TensorBoard.
+    status, headers, _ = raw_get(shared_jupyter, "/tensorboard/?logdir=experiments/exp2")
+    assert status == 303 and headers["Location"] == "?logdir=experiments/exp2", headers
+    assert headers["Cache-Control"] == "no-store"
+    status, headers, body = raw_get(shared_jupyter, "/tensorboard/?logdir=experiments/exp2")
+    assert status == 202 and headers[STATE] == "starting", body[:300]
+    page = shared_jupyter.wait_for_app("/tensorboard/?logdir=experiments/exp2")
+    assert page.status == 200 and 'name="tb-relative-root"' in page.text
+    assert api(shared_jupyter, "data/logdir") == {"logdir": str(exp2)}
+    assert wait_for_runs(shared_jupyter, {"run_b"}) == ["run_b"]
+    after = tensorboard_pid(shared_jupyter)
+    assert after != before and not procs.proc_info(before)
+    # The same directory again (a reload, another spelling) relaunches nothing.
+    status, _, _ = raw_get(shared_jupyter, f"/tensorboard/?logdir={exp2}/../exp2")
+    assert status == 200
+    assert tensorboard_pid(shared_jupyter) == after
+    assert "relaunching with logdir=" + str(exp2) in shared_jupyter.log()
+
+
+@pytest.mark.parametrize(
+    ("logdir", "message"),
+    [
+        ("no-such-runs", "no-such-runs does not exist"),
+        ("/etc/hostname", "/etc/hostname is not a directory"),
+        ("gs://bucket/runs", "remote storage (gs://, s3://, …) is not supported here"),
+        ("<b>x</b>", "&lt;b&gt;x&lt;/b&gt; does not exist"),
+    ],
+)
+def test_a_bad_logdir_gives_a_page_and_tensorboard_keeps_running(
+    shared_jupyter, runs, logdir, message
+):
+    shared_jupyter.wait_for_app("/tensorboard/")
+    running = tensorboard_pid(shared_jupyter)
+    shown = api(shared_jupyter, "data/logdir")
+    resp = shared_jupyter.request(f"/tensorboard/?logdir={logdir}")
+    assert resp.status == 404, resp.text[:500]
+    assert "TensorBoard cannot open this run directory" in resp.text
+    assert message in resp.text
+    assert "<form method='get' action=''" in resp.text and "<input name='logdir'" in resp.text
+    assert "<b>" not in resp.text and "Traceback" not in resp.text
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert tensorboard_pid(shared_jupyter) == running
+    assert api(shared_jupyter, "data/logdir") == shown
+
+
+def test_no_tcp_listener_from_any_process_of_the_app(shared_jupyter, runs):
+    shared_jupyter.wait_for_app("/tensorboard/")
+    pids = session_pids(shared_jupyter)
+    tensorboard = tensorboard_pid(shared_jupyter)
+    assert not any("tensorboard_data_server" in " ".join(cmdline(pid)) for pid in pids)
+    listeners = subprocess.run(["ss", "-Htulnp"], capture_output=True, text=True).stdout
+    owners = {int(p) for p in re.findall(r"pid=(\d+)", listeners)}
+    assert shared_jupyter.proc.pid in owners, f"ss must show Jupyter's own port:\n{listeners}"
+    assert not (owners & pids), f"TensorBoard's processes listen on TCP/UDP:\n{listeners}"
+    # Positive control: ss does attribute the launch's unix socket to TensorBoard (by
+    # the name it was bound to, before the launcher renamed it over the launch socket).
+    unix = subprocess.run(["ss", "-Hxlp"], capture_output=True, text=True).stdout
+    launch_socket = f"{shared_jupyter.runtime_dir('tensorboard') / 'app' / 'app.sock'} "
+    mine = [line for line in unix.splitlines() if launch_socket in line]
+    assert len(mine) == 1 and f"pid={tensorboard}," in mine[0], f"{launch_socket}:\n{unix}"
+
+
+def test_another_user_cannot_reach_the_sockets(shared_jupyter, runs):
+    shared_jupyter.wait_for_app("/tensorboard/")
+    runtime = shared_jupyter.runtime_dir("tensorboard")
+    connect = "import socket,sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1]); print('ok')"
+    for sock in (runtime / "socket", runtime / CONTROL_SOCKET):
+        mine = subprocess.run([sys.executable, "-c", connect, str(sock)], capture_output=True)
+        assert mine.returncode == 0, (sock, mine.stderr)
+        denied = as_nobody("/usr/bin/python3", "-c", connect, str(sock))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, (sock, denied)
+    assert oct(runtime.stat().st_mode & 0o777) == "0o700"
+
+
+def test_tensorboards_info_file_stays_in_the_private_directory(shared_jupyter, runs):
+    shared_jupyter.wait_for_app("/tensorboard/")
+    tensorboard = tensorboard_pid(shared_jupyter)
+    info = shared_jupyter.runtime_dir("tensorboard") / "app" / ".tensorboard-info"
+    assert (info / f"pid-{tensorboard}.info").is_file(), list(info.parent.iterdir())
+    assert not Path(f"/tmp/.tensorboard-info/pid-{tensorboard}.info").exists()
+
+
+def test_the_sites_logdir_is_shown_first(tmp_path):
+    runs = write_experiments(tmp_path / "root")
+    site = tmp_path / "site.toml"
+    site.write_text(f'[apps.tensorboard]\nlogdir = "{tmp_path}/root/experiments/exp1"\n')
+    server = start_jupyter(tmp_path, {"HPC_PROXIES_CONFIG": str(site)})
+    try:
+        server.wait_for_app("/tensorboard/")
+        assert api(server, "data/logdir") == {"logdir": f"{tmp_path}/root/experiments/exp1"}
+        assert wait_for_runs(server, {"run_a"}) == ["run_a"]
+        (_, tag, values) = runs["experiments/exp1/run_a"]
+        data = api(server, f"data/plugin/scalars/scalars?run=run_a&tag={tag}")
+        assert [value for _, _, value in data] == pytest.approx(values, rel=1e-6)
+    finally:
+        left = server.descendants()
+        server.stop()
+        kill_leftovers(left)
+
+
+def test_a_sites_logdir_that_does_not_exist_gives_a_page_not_a_crash_loop(tmp_path):
+    (tmp_path / "root").mkdir()
+    write_scalars(tmp_path / "root" / "mine" / "run_c", "loss", float)
+    site = tmp_path / "site.toml"
+    site.write_text('[apps.tensorboard]\nlogdir = "/nonexistent/project/runs"\n')
+    server = start_jupyter(tmp_path, {"HPC_PROXIES_CONFIG": str(site)})
+    try:
+        for _ in range(3):
+            resp = server.wait_for_text("/tensorboard/", "cannot open")
+            assert resp.status == 404, resp.text[:500]
+            assert "/nonexistent/project/runs does not exist" in resp.text
+            assert "<input name='logdir' size='48' value='/nonexistent/project/runs'>" in resp.text
+        time.sleep(1)
+        assert "started pid" not in server.log(), "TensorBoard must not be started at all"
+        launcher = server.launcher_pid("tensorboard")
+        assert procs.descendants(launcher) == set()
+        # The user opens their own runs from the page's form (a GET with ?logdir=).
+        page = server.wait_for_app("/tensorboard/?logdir=mine")
+        assert page.status == 200
+        assert api(server, "data/logdir") == {"logdir": f"{tmp_path}/root/mine"}
+        assert wait_for_runs(server, {"run_c"}) == ["run_c"]
+    finally:
+        left = server.descendants()
+        server.stop()
+        kill_leftovers(left)
+
+
+def test_stopping_jupyter_leaves_nothing_behind(jupyter):
+    write_experiments(jupyter.root_dir)
+    jupyter.wait_for_app("/tensorboard/")
+    runtime = jupyter.runtime_dir("tensorboard")
+    tensorboard = tensorboard_pid(jupyter)
+    everything = jupyter.descendants()
+    assert tensorboard in everything
+    jupyter.proc.send_signal(signal.SIGTERM)
+    jupyter.proc.wait(15)
+    deadline = time.monotonic() + 10
+    left = everything
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = {pid for pid in left if (info := procs.proc_info(pid)) and info.state != "Z"}
+    assert not left, [cmdline(pid) for pid in left]
+    assert not runtime.exists()
+
+
+def test_missing_tensorboard_page_says_how_to_install_it(tmp_path):
+    """A Python without TensorBoard, as on a fresh install without the extra: the
+    launcher (run as Jupyter runs it) answers with a page saying how to install it."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    python = bare / "bin" / "python"
+    assert subprocess.run([python, "-c", "import tensorboard"], capture_output=True).returncode
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HPC_PROXIES_CONFIG": "/dev/null"}
+    argv = ["-m", "hpc_proxies.launcher", "--app", "tensorboard", "--prefix", "/tensorboard/"]
+    launcher = subprocess.Popen(
+        [python, *argv, "--socket", str(runtime / "socket")],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        status, body = 0, ""
+        while status != 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status, body = unix_get(runtime / "socket", "/tensorboard/")
+        assert status == 503, body
+        assert "TensorBoard is not installed here" in body
+        assert "<code>tensorboard</code>" in body
+        assert "pip install &#x27;hpc-proxies[tensorboard]&#x27;" in body
+        assert "Traceback" not in body
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(15)
+    assert not runtime.exists()
+
+
+def unix_get(path: Path, target: str) -> tuple[int, str]:
+    """One HTTP GET on a unix socket: the status and the whole response (head and body);
+    (0, the error) if nothing answers yet."""
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            sock.sendall(f"GET {target} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+    except OSError as err:
+        return 0, str(err)
+    text = raw.decode(errors="replace")
+    return int(text.split()[1]), text

@@ -22,12 +22,13 @@ apt_packages=(
   python3 python3-venv python3-pip
   xpra python3-pil python3-lz4 xvfb xterm xauth x11-utils xclip
   tigervnc-standalone-server tigervnc-tools novnc openbox x11-xserver-utils
+  paraview python3-paraview python3-ipykernel
   iproute2 procps util-linux
   chromium fonts-dejavu-core xfonts-base
   ca-certificates
 )
 # Executables those packages provide, checked when we cannot install as root.
-needed_commands=(python3 xpra Xvfb xterm xdpyinfo xclip vncserver vncpasswd openbox xrandr ss setpriv chromium)
+needed_commands=(python3 pvserver xpra Xvfb xterm xdpyinfo xclip vncserver vncpasswd openbox xrandr ss setpriv chromium)
 
 say() { printf '\n==> %s\n' "$*"; }
 
@@ -60,6 +61,8 @@ fi
 say "pip install -e .[test]"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -e ".[test]"
+say "the ParaView (pvpython) kernel"
+"$venv/bin/hpc-proxies" install-kernel paraview --sys-prefix
 
 root_flag=()
 [ "$(id -u)" -eq 0 ] && root_flag=(--allow-root)

@@ -93,6 +93,10 @@ def xvfb_argv(xvfb: str, xauthority: Path, displayfd: int, screen: str = DEFAULT
         "0",
         screen,
         "-nocursor",
+        # Without it the server resets when its last client leaves, and a client that
+        # connects during the reset is refused (pvserver opens and closes a test
+        # connection before its real one).
+        "-noreset",
     ]
 
 

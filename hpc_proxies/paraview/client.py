@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import weakref
 from dataclasses import dataclass
 from html import unescape
 from pathlib import Path
@@ -205,8 +206,14 @@ _display = _KernelDisplay()
 
 @dataclass
 class _Session:
+    """The connection connect() made, held weakly: ParaView closes a connection (and
+    pvserver exits) only when nothing references it any more."""
+
     port: int | None = None
-    connection: object = None
+    connection: weakref.ref | None = None
+
+    def live(self):
+        return self.connection() if self.connection is not None else None
 
 
 _session = _Session()
@@ -232,16 +239,19 @@ def connect(timeout: float = 120.0):
     _display.ensure()
     simple = _import_simple()
     info = ensure_pvserver(timeout)
+    previous = _session.live()
     if (
-        _session.connection is not None
+        previous is not None
+        and previous is simple.servermanager.ActiveConnection
         and _session.port == info["port"]
         and info["client_connected"]
     ):
-        return _session.connection
-    if _session.connection is not None:
+        return previous
+    if previous is not None and previous is simple.servermanager.ActiveConnection:
         with contextlib.suppress(RuntimeError):
             simple.Disconnect()
-        _session.connection = None
+    _session.connection = None
+    del previous
     from paraview.modules.vtkRemotingCore import vtkRemotingCoreConfiguration
 
     connect_id = int(Path(info["connect_id_file"]).read_text().strip())
@@ -254,7 +264,7 @@ def connect(timeout: float = 120.0):
         )
     # Render on pvserver, always: the data stays near the server.
     simple.GetSettingsProxy("RenderViewSettings").RemoteRenderThreshold = 0.0
-    _session.port, _session.connection = info["port"], connection
+    _session.port, _session.connection = info["port"], weakref.ref(connection)
     return connection
 
 

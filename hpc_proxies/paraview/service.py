@@ -143,6 +143,7 @@ class PvserverService:
         self.message = "Not started yet."
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.user_stopped = False
+        self.starts = 0
         self.lock = asyncio.Lock()
         self.views = ensure_private_dir(options.directory / "views")
 
@@ -195,7 +196,9 @@ class PvserverService:
         self.user_stopped = False
         self.state, self.message = "starting", "Starting pvserver…"
         self.tail.clear()
-        workdir = fresh_private_dir(self.options.directory / "pvserver")
+        # A directory per start: the previous run's clean-up must not touch this one.
+        self.starts += 1
+        workdir = fresh_private_dir(self.options.directory / f"pvserver-{self.starts}")
         # ParaView's connect-id is a positive 32-bit int; it lives only in this file.
         connect_id_file = write_private_file(
             workdir / "connect-id", str(secrets.randbelow(2**31 - 2) + 1)

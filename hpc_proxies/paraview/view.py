@@ -150,6 +150,7 @@ def render(view, op: dict) -> bytes:
         simple.ResetCamera(view)
     simple.Render(view)
     delivery = vtkPVWebApplication()
+    delivery.SetImageEncoding(0)  # raw JPEG bytes, not base64
     buffer = delivery.StillRenderToBuffer(view.SMProxy, 0, JPEG_QUALITY)
     return bytes(memoryview(buffer)) if buffer is not None else b""
 

@@ -1,0 +1,400 @@
+"""ParaView end to end: a real Jupyter server, the installed "ParaView (pvpython)" kernel,
+real pvserver processes, a private Xvfb, and Chromium on the interactive view."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import nbclient
+import nbformat
+import pytest
+from conftest import ARTIFACTS, kill_leftovers, screenshot_every_tab, start_jupyter
+from jupyter_client import KernelManager
+from PIL import Image, ImageChops
+
+from hpc_proxies import procs
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "paraview.ipynb"
+DEBIAN_PYTHON = "/usr/bin/python3"
+
+
+class PvKernel:
+    """The installed paraview kernel, started as nbclient would (a child of the test)."""
+
+    def __init__(self, server):
+        env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(server.root_dir.parent / "jupyter/runtime"))
+        self.km = KernelManager(kernel_name="paraview")
+        self.km.start_kernel(env=env, cwd=str(server.root_dir))
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    def run(self, code: str, timeout: float = 180) -> tuple[str, dict | None]:
+        """The cell's text (stdout and results), and its error (ename, evalue) if any."""
+        texts: list[str] = []
+        error: dict | None = None
+
+        def hook(msg):
+            nonlocal error
+            content = msg["content"]
+            if msg["msg_type"] == "stream":
+                texts.append(content["text"])
+            elif msg["msg_type"] in ("execute_result", "display_data"):
+                texts.append(content["data"].get("text/plain", ""))
+            elif msg["msg_type"] == "error":
+                error = {"ename": content["ename"], "evalue": content["evalue"]}
+
+        self.kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+        return "".join(texts), error
+
+    def stop(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def pv_jupyter(tmp_path_factory):
+    server = start_jupyter(tmp_path_factory.mktemp("pv"))
+    yield server
+    left = server.descendants()
+    server.stop()
+    kill_leftovers(left)
+
+
+@pytest.fixture
+def kernel(pv_jupyter):
+    k = PvKernel(pv_jupyter)
+    yield k
+    k.stop()
+
+
+def status(server) -> dict:
+    return json.loads(server.wait_for_app("/paraview/api/status").body)
+
+
+def post(server, what: str) -> tuple[int, dict]:
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{server.url}/paraview/api/{what}",
+        method="POST",
+        data=b"",
+        headers={"Authorization": f"token {server.token}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def start_pvserver(server) -> dict:
+    server.wait_for_app("/paraview/api/status")
+    code, info = post(server, "start")
+    assert code == 200, info
+    return info
+
+
+def sphere_visible(png: bytes) -> tuple[bool, str]:
+    """A sphere in the middle of ParaView's plain background: the centre differs from
+    the background (read at a corner), and so does a round area of plausible size."""
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    w, h = image.size
+    background = image.getpixel((w - 5, 5))
+
+    def differs(px) -> bool:
+        return max(abs(a - b) for a, b in zip(px, background, strict=True)) > 40
+
+    centre = image.getpixel((w // 2, h // 2))
+    fraction = sum(1 for px in image.getdata() if differs(px)) / (w * h)
+    ok = differs(centre) and 0.05 < fraction < 0.8
+    return ok, f"centre {centre}, background {background}, sphere fraction {fraction:.2f}"
+
+
+def wrong_id_client(port: int, connect_id: int) -> subprocess.CompletedProcess:
+    code = (
+        "from paraview.modules.vtkRemotingCore import vtkRemotingCoreConfiguration\n"
+        "from paraview import simple\n"
+        f"vtkRemotingCoreConfiguration.GetInstance().SetConnectID({connect_id})\n"
+        f"print('CONNECTION', simple.Connect('localhost', {port}))\n"
+    )
+    return subprocess.run(
+        [DEBIAN_PYTHON, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def pvserver_pids(server) -> set[int]:
+    found = set()
+    for pid in server.descendants():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"paraview/server.py" in cmdline:
+            found.add(pid)
+    return found
+
+
+def xvfb_pids(server) -> set[int]:
+    found = set()
+    for pid in server.descendants():
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "Xvfb":
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+# ------------------------------------------------------------------ the notebook
+def test_example_notebook_runs_on_the_paraview_kernel(pv_jupyter, monkeypatch):
+    """examples/paraview.ipynb with nbclient: connect(), a Sphere, a PNG in which the
+    sphere is visible, and proof that pvserver (not the kernel) rendered it."""
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(pv_jupyter.root_dir.parent / "jupyter/runtime"))
+    nb = nbformat.read(EXAMPLE, as_version=4)
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            "import json\nfrom paraview import servermanager\n"
+            "print(json.dumps({'distributed': bool(view.GetClientSideObject()"
+            ".GetUseDistributedRenderingForRender()), 'server_can_render': bool("
+            "servermanager.ActiveConnection.Session.GetServerInformation()"
+            ".GetRemoteRendering())}))"
+        )
+    )
+    started = time.monotonic()
+    nbclient.NotebookClient(
+        nb, timeout=240, kernel_name="paraview", resources={"metadata": {"path": "."}}
+    ).execute()
+    elapsed = time.monotonic() - started
+    outputs = [c.outputs for c in nb.cells if c.cell_type == "code"]
+    assert "Connection (cs://localhost:" in outputs[0][0]["data"]["text/plain"]
+    png = base64.b64decode(outputs[2][0]["data"]["image/png"])
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "paraview-notebook.png").write_bytes(png)
+    ok, why = sphere_visible(png)
+    assert ok, why
+    iframe = outputs[3][0]["data"]["text/html"]
+    assert re.search(r'src="/paraview/view/[A-Za-z0-9_-]+/"', iframe), iframe
+    checks = json.loads(outputs[4][0]["text"])
+    assert checks == {"distributed": True, "server_can_render": True}
+    assert elapsed < 240
+
+
+# ------------------------------------------------------------------ security
+def test_wrong_connect_id_is_refused_and_rotates(pv_jupyter):
+    info = start_pvserver(pv_jupyter)
+    port = info["port"]
+    secret = int(Path(info["connect_id_file"]).read_text())
+    assert oct(Path(info["connect_id_file"]).stat().st_mode & 0o777) == "0o600"
+    for attempt in range(3):
+        done = wrong_id_client(port, secret + 1 + attempt)
+        assert "CONNECTION None" in done.stdout, done.stdout + done.stderr
+    # After three refusals the server moves to a new port with a new id.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = status(pv_jupyter)
+        if now["state"] == "running" and now["port"] != port:
+            break
+        time.sleep(0.5)
+    assert now["port"] != port, now
+    assert int(Path(now["connect_id_file"]).read_text()) != secret
+    assert pv_jupyter.log().count("connection ids do not match") >= 3
+    assert not now["client_connected"]
+
+
+def test_no_secret_in_argv_log_and_private_display(pv_jupyter):
+    info = start_pvserver(pv_jupyter)
+    secret = Path(info["connect_id_file"]).read_text().strip()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            assert secret.encode() not in cmdline, cmdline
+    assert secret not in pv_jupyter.log()
+    # The private display: the owner with the cookie gets in, another user does not.
+    display = info["display"]
+    xauthority = Path(info["connect_id_file"]).parent / "Xauthority"
+    assert oct(xauthority.stat().st_mode & 0o777) == "0o600"
+    env = dict(os.environ, DISPLAY=display, XAUTHORITY=str(xauthority))
+    assert subprocess.run(["xdpyinfo"], env=env, capture_output=True).returncode == 0
+    nobody = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "xdpyinfo"],
+        env=dict(os.environ, DISPLAY=display, XAUTHORITY="/nonexistent"),
+        capture_output=True,
+        text=True,
+    )
+    assert nobody.returncode != 0
+    assert "unable to open display" in nobody.stderr
+
+
+def test_listeners(pv_jupyter):
+    """The only TCP listener of the whole app is pvserver's one port (ParaView 5.11
+    cannot bind to loopback); no MPI port, none from Xvfb, the service or the view."""
+    info = start_pvserver(pv_jupyter)
+    app_pids = pv_jupyter.descendants()
+    listeners = subprocess.run(["ss", "-Hltnup"], capture_output=True, text=True).stdout
+    ours = [
+        line for line in listeners.splitlines() if any(f"pid={pid}," in line for pid in app_pids)
+    ]
+    assert len(ours) == 1, ours
+    assert f":{info['port']} " in ours[0]
+    assert any(f"pid={pid}," in ours[0] for pid in pvserver_pids(pv_jupyter))
+
+
+# ------------------------------------------------------------------ lifecycle
+def test_client_leaves_then_connect_again(pv_jupyter):
+    """The client leaves (its kernel shuts down), pvserver exits with it, and connect()
+    from the next kernel starts a new one, with a new port and id."""
+    first_kernel = PvKernel(pv_jupyter)
+    try:
+        out, err = first_kernel.run(
+            "import hpc_proxies.paraview as pvh\nfrom paraview.simple import *\npvh.connect();"
+        )
+        assert err is None, err
+        first = status(pv_jupyter)
+        assert first["client_connected"], first
+    finally:
+        first_kernel.stop()
+    deadline = time.monotonic() + 30
+    while status(pv_jupyter)["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert status(pv_jupyter)["state"] == "stopped"
+    assert not pvserver_pids(pv_jupyter)
+    second_kernel = PvKernel(pv_jupyter)
+    try:
+        started = time.monotonic()
+        _out, err = second_kernel.run(
+            "import hpc_proxies.paraview as pvh\nfrom paraview.simple import *\n"
+            "pvh.connect()\nShow(Sphere())\nprint(Render() is not None)"
+        )
+        assert err is None, err
+        assert time.monotonic() - started < 60
+        again = status(pv_jupyter)
+        assert again["client_connected"] and again["port"] != first["port"]
+    finally:
+        second_kernel.stop()
+
+
+def test_stop_from_status_page_ends_pvserver_and_xvfb(pv_jupyter):
+    start_pvserver(pv_jupyter)
+    assert pvserver_pids(pv_jupyter) and xvfb_pids(pv_jupyter)
+    code, info = post(pv_jupyter, "stop")
+    assert code == 200 and info["state"] == "stopped", info
+    assert not pvserver_pids(pv_jupyter)
+    assert not xvfb_pids(pv_jupyter)
+    page = pv_jupyter.request("/paraview/")
+    assert "ParaView server" in page.text and "Stop" in page.text
+
+
+def test_sigterm_to_jupyter_leaves_nothing(tmp_path):
+    server = start_jupyter(tmp_path)
+    try:
+        info = start_pvserver(server)
+        runtime = Path(info["views_dir"]).parent.parent
+        before = server.descendants()
+        assert pvserver_pids(server) and xvfb_pids(server)
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            alive = {p for p in before if (i := procs.proc_info(p)) and i.state != "Z"}
+            if not alive:
+                break
+            time.sleep(0.2)
+        assert not alive, alive
+        assert not runtime.exists()
+    finally:
+        left = server.descendants()
+        server.stop()
+        kill_leftovers(left)
+
+
+def test_connect_raises_when_disabled(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("[apps.paraview]\nenabled = false\n")
+    server = start_jupyter(tmp_path, {"HPC_PROXIES_CONFIG": str(config)})
+    try:
+        k = PvKernel(server)
+        try:
+            out, err = k.run("import hpc_proxies.paraview as pvh\npvh.connect()")
+        finally:
+            k.stop()
+        assert err is not None and err["ename"] == "ParaViewDisabled", (out, err)
+        assert "disabled" in err["evalue"]
+    finally:
+        left = server.descendants()
+        server.stop()
+        kill_leftovers(left)
+
+
+# ------------------------------------------------------------------ the browser
+@pytest.mark.browser
+def test_interactive_view_in_the_browser(pv_jupyter, kernel):
+    """The view show() returns: the sphere is on screen, and dragging turns it."""
+    from playwright.sync_api import sync_playwright
+
+    out, err = kernel.run(
+        "import hpc_proxies.paraview as pvh\nfrom paraview.simple import *\npvh.connect()\n"
+        "s = Sphere(ThetaResolution=48, PhiResolution=48)\n"
+        "d = Show(Elevation(Input=s))\nColorBy(d, ('POINTS', 'Elevation'))\nResetCamera()\n"
+        "frame = pvh.show()\nprint(frame.src)"
+    )
+    assert err is None, err
+    src = out.strip().splitlines()[-1]
+    assert src.startswith("/paraview/view/")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        context = browser.new_context(viewport={"width": 800, "height": 600})
+        try:
+            page = context.new_page()
+            page.goto(f"{pv_jupyter.url}{src}?token={pv_jupyter.token}")
+            page.wait_for_function("window.paraviewFrames && window.paraviewFrames.length >= 1")
+            page.wait_for_timeout(500)
+            before = page.screenshot(path=ARTIFACTS / "paraview-view-before.png")
+            ok, why = sphere_visible(before)
+            assert ok, why
+            frames = page.evaluate("window.paraviewFrames.length")
+            page.mouse.move(400, 300)
+            page.mouse.down()
+            for step in range(1, 16):
+                page.mouse.move(400 + step * 12, 300 + step * 4)
+                page.wait_for_timeout(30)
+            page.mouse.up()
+            page.wait_for_function(f"window.paraviewFrames.length > {frames}")
+            page.wait_for_timeout(800)
+            after = page.screenshot(path=ARTIFACTS / "paraview-view-after.png")
+            diff = ImageChops.difference(
+                Image.open(io.BytesIO(before)).convert("RGB"),
+                Image.open(io.BytesIO(after)).convert("RGB"),
+            )
+            changed = sum(1 for px in diff.getdata() if max(px) > 40)
+            assert changed > 2000, f"only {changed} pixels changed after the drag"
+            ok, why = sphere_visible(after)
+            assert ok, why
+            # The status page knows a client is connected.
+            status_page = context.new_page()
+            status_page.goto(f"{pv_jupyter.url}/paraview/?token={pv_jupyter.token}")
+            status_page.wait_for_function(
+                "document.getElementById('client').textContent === 'connected'"
+            )
+            assert status_page.inner_text("#state") == "Running"
+            status_page.screenshot(path=ARTIFACTS / "paraview-status.png")
+        except Exception:
+            screenshot_every_tab(context, "paraview-failure")
+            raise
+        finally:
+            browser.close()

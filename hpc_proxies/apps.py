@@ -12,6 +12,7 @@ APP_MODULES = {
     "vnc": "hpc_proxies.vnc",
     "tensorboard": "hpc_proxies.tensorboard",
     "rstudio": "hpc_proxies.rstudio",
+    "paraview": "hpc_proxies.paraview",
 }
 
 

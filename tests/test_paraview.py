@@ -257,7 +257,7 @@ def test_client_leaves_then_connect_again(pv_jupyter):
     from the next kernel starts a new one, with a new port and id."""
     first_kernel = PvKernel(pv_jupyter)
     try:
-        out, err = first_kernel.run(
+        _, err = first_kernel.run(
             "import hpc_proxies.paraview as pvh\nfrom paraview.simple import *\npvh.connect();"
         )
         assert err is None, err

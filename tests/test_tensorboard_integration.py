@@ -75,6 +75,11 @@ def test_first_request_shows_progress_then_tensorboard_under_its_prefix(shared_j
 
     page = shared_jupyter.wait_for_app("/tensorboard/")
     assert page.status == 200 and 'name="tb-relative-root"' in page.text, page.text[:300]
+    # Its fonts are named relative to the page (TensorBoard names them from the host's
+    # root, which misses the prefix), and arrive under it.
+    assert "url(/font-roboto/" not in page.text
+    font = re.search(r"url\((font-roboto/[^)]+\.woff2)\)", page.text).group(1)
+    assert shared_jupyter.request(f"/tensorboard/{font}").status == 200
     # The default: the directory the Jupyter server runs in.
     assert api(shared_jupyter, "data/logdir") == {"logdir": str(shared_jupyter.root_dir)}
     environment = api(shared_jupyter, "data/environment")

@@ -10,7 +10,9 @@ with the Python of the ``tensorboard`` that was found (a site's module may bring
 own), which need not have hpc-proxies installed.
 
 ``--load_fast=false`` is always passed: the fast loader is a separate data server that
-listens on a TCP port of its own.
+listens on a TCP port of its own. TensorBoard's page names its fonts by absolute paths
+(``url(/font-roboto/…)``), which miss the path prefix (and would be requests to Jupyter's
+root); they are made relative to the page.
 """
 
 from __future__ import annotations
@@ -19,6 +21,39 @@ import argparse
 import logging
 import os
 import sys
+
+FONTS = (b"url(/font-roboto/", b"url(font-roboto/")
+
+
+def relative_fonts(app, prefix: str):
+    """WSGI middleware: TensorBoard's index page with its font URLs made relative."""
+    pages = {prefix + "/", prefix + "/index.html"}
+
+    def wrapped(environ, start_response):
+        if environ.get("PATH_INFO") not in pages:
+            return app(environ, start_response)
+        started = []
+
+        def capture(status, headers, exc_info=None):
+            started.append((status, headers, exc_info))
+            return lambda data: None
+
+        result = app(environ, capture)
+        try:
+            body = b"".join(result)
+        finally:
+            getattr(result, "close", lambda: None)()
+        status, headers, exc_info = started[0]
+        types = [v for k, v in headers if k.lower() == "content-type"]
+        encodings = [v for k, v in headers if k.lower() == "content-encoding"]
+        if types and types[0].startswith("text/html") and not encodings:
+            body = body.replace(*FONTS)
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers, exc_info)
+        return [body]
+
+    return wrapped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             handler = getattr(program, "_WSGIRequestHandler", None)
             old = os.umask(0o077)  # the socket: ours only (its directory is 0700 too)
             try:
-                super().__init__("unix://" + socket_path, 0, wsgi_app, handler)
+                app = relative_fonts(wsgi_app, flags.path_prefix.rstrip("/"))
+                super().__init__("unix://" + socket_path, 0, app, handler)
             finally:
                 os.umask(old)
             # werkzeug would log every request (and its query) into the Jupyter log.

@@ -1,0 +1,240 @@
+"""End to end, in Debian's chromium: JupyterLab's "TensorBoard" tile to a drawn scalar chart.
+
+The test writes real event files (``tb_events``), logs in with the token, finds the
+tile and its icon, clicks it, and checks **on the screenshot pixels** that each scalar
+card draws its run's line with the shape written (a falling loss, a rising accuracy).
+Then the user switches the run directory from the browser, without a terminal: through
+the address bar (``?logdir=``), which relaunches TensorBoard on the other runs, and,
+after a directory that does not exist, through the form on the page that says so.
+
+Screenshots: ``ARTIFACTS/tensorboard-<step>.png`` (``…-failure-<n>.png`` on failure).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import ARTIFACTS, screenshot_every_tab
+from PIL import Image
+from playwright.sync_api import BrowserContext, Page, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from tb_events import write_experiments
+from test_xpra_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, Box, log_tail, rgb
+
+from hpc_proxies import pages
+
+pytestmark = pytest.mark.browser
+
+TITLE = "TensorBoard"
+START_TIMEOUT = 90  # JupyterLab's first load and a TensorBoard start, on a slow machine
+TIMEOUT = 45  # a relaunch and a chart
+MIN_LINE_PIXELS = 150  # a 100-step line across a ~270 px wide chart colours more than this
+
+# The card of one scalar tag, its chart canvas, and the runs listed beside the charts.
+CARD_JS = """(tag) => {
+  for (const card of document.querySelectorAll('scalar-card')) {
+    if (!card.innerText.trim().startsWith(tag)) continue;
+    const canvas = card.querySelector('canvas');
+    if (!canvas) return null;
+    canvas.scrollIntoView({block: 'center'});  // cards below the fold are not drawn
+    const r = canvas.getBoundingClientRect();
+    return {x: r.x, y: r.y, w: r.width, h: r.height};
+  }
+  return null;
+}"""
+TAGS_JS = """() => [...document.querySelectorAll('scalar-card')]
+  .map(c => c.innerText.trim().split('\\n')[0])"""
+
+
+@dataclass(frozen=True)
+class Line:
+    """The coloured pixels of a chart's line(s), and where they are."""
+
+    pixels: int
+    left_y: float  # mean height (screen y) of the line in the chart's left quarter
+    right_y: float  # … and in its right quarter
+
+    @property
+    def falls(self) -> bool:
+        return self.right_y - self.left_y > 30
+
+    @property
+    def rises(self) -> bool:
+        return self.left_y - self.right_y > 30
+
+
+def line_in(chart: Image.Image) -> Line:
+    """A run's line is coloured (TensorBoard's palette); grid, axes and the step marker
+    are grey, so pixels with a clear hue are the line."""
+    w, _h = chart.size
+    left, right, count = [], [], 0
+    for i, (r, g, b) in enumerate(rgb(chart)):
+        if max(r, g, b) - min(r, g, b) < 30 or min(r, g, b) > 200:
+            continue
+        count += 1
+        x, y = i % w, i // w
+        if x < w / 4:
+            left.append(y)
+        elif x > 3 * w / 4:
+            right.append(y)
+
+    def mean(ys: list[int]) -> float:
+        return sum(ys) / len(ys) if ys else float("nan")
+
+    return Line(count, mean(left), mean(right))
+
+
+@dataclass(repr=False)
+class Browser:
+    jupyter: object
+    context: BrowserContext
+    lab: Page
+    responses: list[tuple[str, int, dict]] = field(default_factory=list)
+
+    def shot(self, page: Page, step: str) -> Image.Image:
+        png = page.screenshot()
+        (ARTIFACTS / f"tensorboard-{step}.png").write_bytes(png)
+        return Image.open(io.BytesIO(png)).convert("RGB")
+
+    def until(self, what: str, check: Callable, page: Page, timeout: float = TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while True:
+            last = check()
+            if last:
+                return last
+            if time.monotonic() > deadline:
+                try:
+                    state = page.evaluate("() => [location.href, document.body.innerText]")
+                except PlaywrightError as err:
+                    state = repr(err)
+                raise AssertionError(
+                    f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}\n"
+                    f"page: {str(state)[:1500]}{log_tail(self.jupyter)}"
+                )
+            time.sleep(0.3)
+
+    def chart(self, page: Page, tag: str, step: str) -> Line:
+        """Wait until the card of ``tag`` shows a drawn line; return it."""
+        last: dict = {}
+
+        def drawn() -> Line | None:
+            box = evaluate(page, CARD_JS, tag)
+            if not box or box["w"] < 100 or box["h"] < 100:
+                return None
+            chart = Box.of(box, inset=2).crop(self.shot(page, step))
+            last["line"] = line = line_in(chart)
+            return line if line.pixels >= MIN_LINE_PIXELS else None
+
+        return self.until(f"the {tag!r} chart to be drawn ({step})", drawn, page)
+
+
+def evaluate(page: Page, expression: str, arg: object = None) -> object:
+    """``page.evaluate``, or None while the page navigates (the progress page reloads)."""
+    try:
+        return page.evaluate(expression, arg)
+    except PlaywrightError:
+        return None
+
+
+@contextmanager
+def tensorboard_browser(jupyter) -> Iterator[Browser]:
+    for stale in ARTIFACTS.glob("tensorboard-*.png"):
+        stale.unlink()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = chromium.new_context(viewport=VIEWPORT)
+        b = Browser(jupyter, context, lab=None)  # type: ignore[arg-type]
+        context.on("response", lambda r: b.responses.append((r.url, r.status, dict(r.headers))))
+        try:
+            b.lab = context.new_page()
+            b.lab.goto(f"{jupyter.url}/lab?token={jupyter.token}")
+            yield b
+        except BaseException:
+            screenshot_every_tab(context, "tensorboard-failure")
+            raise
+        finally:
+            context.close()
+            chromium.close()
+
+
+def progress_then_app(b: Browser, query: str) -> None:
+    """The page at ``/tensorboard/?query`` was our progress page first, then TensorBoard."""
+    seen = [
+        (status, pages.STATE_HEADER.lower() in headers)
+        for url, status, headers in b.responses
+        if urlsplit(url).path == "/tensorboard/" and urlsplit(url).query == query
+    ]
+    assert (202, True) in seen and (200, False) in seen, seen
+
+
+def test_tile_draws_the_charts_and_the_logdir_is_switched_from_the_browser(jupyter):
+    write_experiments(jupyter.root_dir)
+    with tensorboard_browser(jupyter) as b:
+        # The tile and its (orange) icon.
+        card = b.lab.locator(".jp-LauncherCard", has_text=TITLE)
+        try:
+            card.wait_for(state="visible", timeout=START_TIMEOUT * 1000)
+        except PlaywrightTimeout:
+            raise AssertionError(f"no {TITLE!r} tile{log_tail(jupyter)}") from None
+        icon = card.locator(".jp-LauncherCard-icon img")
+        assert "/server-proxy/icon/tensorboard" in (icon.get_attribute("src") or "")
+        b.lab.wait_for_function(
+            """() => [...document.querySelectorAll('.jp-LauncherCard-icon img')]
+                 .some(i => i.src.endsWith('/server-proxy/icon/tensorboard') && i.complete
+                            && i.naturalWidth > 0)""",
+            timeout=30_000,
+        )
+        rect = icon.bounding_box()
+        assert rect and rect["width"] >= 16, rect
+        pixels = rgb(
+            Box.of({"x": rect["x"], "y": rect["y"], "w": rect["width"], "h": rect["height"]}).crop(
+                b.shot(b.lab, "launcher")
+            )
+        )
+        orange = sum(1 for r, g, bl in pixels if r > 200 and 90 < g < 170 and bl < 80)
+        assert orange > 0.2 * len(pixels), f"the orange icon is not drawn: {orange}/{len(pixels)}"
+
+        # Click: a new tab, our progress page, then TensorBoard draws both runs' charts.
+        clicked = time.monotonic()
+        with b.context.expect_page(timeout=30_000) as new_tab:
+            card.click()
+        tab = new_tab.value
+        loss = b.chart(tab, "loss", "tile-loss")
+        first_chart = time.monotonic() - clicked
+        accuracy = b.chart(tab, "accuracy", "tile-accuracy")
+        assert loss.falls, f"the loss line does not fall: {loss}"
+        assert accuracy.rises, f"the accuracy line does not rise: {accuracy}"
+        assert urlsplit(tab.url).path == "/tensorboard/", tab.url
+        progress_then_app(b, "")
+        assert sorted(tab.evaluate(TAGS_JS)) == ["accuracy", "loss"]
+        print(f"click on the tile to the first drawn chart: {first_chart:.1f} s")
+
+        # The address bar: another run directory relaunches TensorBoard on its runs.
+        tab.goto(f"{jupyter.url}/tensorboard/?logdir=experiments/exp2")
+        accuracy = b.chart(tab, "accuracy", "switched-accuracy")
+        assert accuracy.rises, accuracy
+        b.until("only the other run's card", lambda: evaluate(tab, TAGS_JS) == ["accuracy"], tab)
+        assert "run_b" in tab.inner_text("body") and "run_a" not in tab.inner_text("body")
+        progress_then_app(b, "logdir=experiments/exp2")
+
+        # A directory that does not exist: a page that says so, with a form to fix it.
+        tab.goto(f"{jupyter.url}/tensorboard/?logdir=experiments/exp3")
+        heading = tab.locator("h1")
+        assert heading.inner_text() == "TensorBoard cannot open this run directory"
+        assert "experiments/exp3 does not exist" in tab.inner_text("body")
+        b.shot(tab, "no-such-logdir")
+        tab.fill("input[name=logdir]", "experiments/exp1")
+        tab.click("button[type=submit]")
+        loss = b.chart(tab, "loss", "form-loss")
+        assert loss.falls, loss
+        b.until("only the first run's card", lambda: evaluate(tab, TAGS_JS) == ["loss"], tab)
+        assert "run_a" in tab.inner_text("body") and "run_b" not in tab.inner_text("body")
+        assert urlsplit(tab.url).query == "logdir=experiments%2Fexp1", tab.url

@@ -45,8 +45,8 @@ def relative_fonts(app, prefix: str):
             getattr(result, "close", lambda: None)()
         status, headers, exc_info = started[0]
         types = [v for k, v in headers if k.lower() == "content-type"]
-        encodings = [v for k, v in headers if k.lower() == "content-encoding"]
-        if types and types[0].startswith("text/html") and not encodings:
+        encodings = {v.strip() for k, v in headers if k.lower() == "content-encoding"}
+        if types and types[0].startswith("text/html") and encodings <= {"identity"}:
             body = body.replace(*FONTS)
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
             headers.append(("Content-Length", str(len(body))))

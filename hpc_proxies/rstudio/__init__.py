@@ -67,6 +67,7 @@ def prepare(launch: Launch) -> None:
 
 
 def command(launch: Launch) -> list[str]:
+    """rserver with each flag it lists (``launch.flags``); the key only by its file."""
     r = str(launch.settings.get("r") or "")
     wanted = [
         ("--www-socket", str(launch.socket)),
@@ -87,6 +88,7 @@ def command(launch: Launch) -> list[str]:
 
 
 def environment(launch: Launch) -> dict[str, str]:
+    """The R for an rserver too old for ``--rsession-which-r``."""
     r = str(launch.settings.get("r") or "")
     if r and not launch.supports("--rsession-which-r"):
         return {"RSTUDIO_WHICH_R": launch.executables.get(r, r)}  # older rservers read this
@@ -94,6 +96,7 @@ def environment(launch: Launch) -> dict[str, str]:
 
 
 def requires(settings: Mapping[str, object]) -> tuple[Requirement, ...]:
+    """rserver, and the site's ``r`` if set (a missing one gets the missing-program page)."""
     reqs = [
         Requirement(
             RSERVER,

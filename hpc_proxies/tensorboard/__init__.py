@@ -34,10 +34,13 @@ def default_logdir(settings: Mapping[str, object]) -> str:
 
 
 def resolve_logdir(value: str) -> str:
+    """The directory as TensorBoard gets it: checked and resolved before it sees it (it
+    may come from a URL), relative to where the Jupyter server runs."""
     return str(existing_directory(value))
 
 
 def command(launch: Launch) -> list[str]:
+    """The runner, by the Python of the ``tensorboard`` found (a module's may differ)."""
     python = python_of(launch.executable)
     if python is None:
         raise CannotStart(

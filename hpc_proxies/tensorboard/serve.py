@@ -21,11 +21,12 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 FONTS = (b"url(/font-roboto/", b"url(font-roboto/")
 
 
-def relative_fonts(app, prefix: str):
+def relative_fonts(app: Callable, prefix: str) -> Callable:
     """WSGI middleware: TensorBoard's index page with its font URLs made relative."""
     pages = {prefix + "/", prefix + "/index.html"}
 

@@ -159,6 +159,7 @@ def browser_direct(root: Path, cold: bool) -> float:
     """The ``tensorboard`` command on a loopback TCP port (bench only), same flags."""
     port = free_port()
     tensorboard = Path(sys.executable).parent / "tensorboard"
+    tmp = tempfile.TemporaryDirectory()  # its info file, as the app's (not /tmp's)
     t0 = time.monotonic()
     flags = ["--path_prefix", "/tensorboard", "--load_fast", "false", "--logdir", str(root)]
     proc = subprocess.Popen(
@@ -166,6 +167,7 @@ def browser_direct(root: Path, cold: bool) -> float:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        env={**os.environ, "TMPDIR": tmp.name},
     )
     try:
         url = f"http://127.0.0.1:{port}/tensorboard/"
@@ -181,6 +183,7 @@ def browser_direct(root: Path, cold: bool) -> float:
         return asyncio.run(first_chart(url, t0 if cold else None))
     finally:
         stop_tree([proc.pid])
+        tmp.cleanup()
 
 
 def browser_proxied(server, cold: bool) -> float:

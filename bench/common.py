@@ -5,6 +5,7 @@ module builds, so the two paths differ only by hpc-proxies and Jupyter."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import statistics
@@ -25,6 +26,30 @@ from hpc_proxies.launcher import greets, http_answers, prepare_start, start_env 
 from hpc_proxies.spec import AppSpec, Launch  # noqa: E402
 
 PROBE = {"X-HPC-Proxies-Probe": "1"}
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@contextlib.contextmanager
+def bench_jupyter():
+    """A Jupyter server in a temporary directory; it and everything below it stop after."""
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_jupyter(Path(tmp))
+        try:
+            yield server
+        finally:
+            left = server.descendants()
+            server.stop()
+            kill_leftovers(left)
+
+
+def report(label: str, direct: list[float], proxied: list[float], direct_name="direct") -> None:
+    """Medians of both paths, their ratio (via Jupyter / direct), and every run."""
+    d, p = statistics.median(direct), statistics.median(proxied)
+    print(f"{label}: {direct_name} median {d:.2f} s, via Jupyter median {p:.2f} s", end="")
+    print(f"; ratio {p / d:.2f}")
+    runs_d, runs_p = [round(x, 2) for x in direct], [round(x, 2) for x in proxied]
+    print(f"  {direct_name} {runs_d}  via Jupyter {runs_p}")
 
 
 def direct_launch(
@@ -169,10 +194,7 @@ async def open_in_chromium(url: str, wait_js: str, t0: float | None = None) -> f
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = await browser.new_page(viewport={"width": 1280, "height": 800})
         t0 = time.monotonic() if t0 is None else t0
         await page.goto(url)

@@ -27,7 +27,6 @@ import io
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,11 +35,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 from common import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    bench_jupyter,
     compare_start,
     direct_launch,
     free_port,
-    kill_leftovers,
-    start_jupyter,
+    report,
     stop_for_a_fresh_launch,
     stop_tree,
 )
@@ -132,10 +133,7 @@ async def first_chart(url: str, t0: float | None = None) -> float:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = await browser.new_page(viewport={"width": 1280, "height": 800})
         t0 = time.monotonic() if t0 is None else t0
         await page.goto(url)
@@ -195,42 +193,30 @@ def browser_proxied(server, cold: bool) -> float:
     return asyncio.run(first_chart(f"{server.url}/tensorboard/?token={server.token}"))
 
 
-def report(label: str, direct: list[float], proxied: list[float]) -> None:
-    d, p = statistics.median(direct), statistics.median(proxied)
-    print(f"{label}: direct median {d:.2f} s, via Jupyter median {p:.2f} s; ratio {p / d:.2f}")
-    print(f"  direct {[round(x, 2) for x in direct]}  via Jupyter {[round(x, 2) for x in proxied]}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--browser", action="store_true", help="also time the first chart")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        server = start_jupyter(Path(tmp))
+    with bench_jupyter() as server:
         root = server.root_dir
         write_experiments(root)
         os.chdir(root)  # the direct path's default logdir: the same runs as Jupyter's
-        try:
-            compare_start(server, APP, "TensorBoard", args.runs)
-            direct, proxied = [], []
-            for _ in range(args.runs):
-                direct.append(direct_first_data())
-                proxied.append(proxied_first_data(server))
-            report("First scalar data (start + API)", direct, proxied)
-            if args.browser:
-                for cold in (True, False):
-                    direct, proxied = [], []
-                    for _ in range(max(2, args.runs // 2)):
-                        direct.append(browser_direct(root, cold))
-                        proxied.append(browser_proxied(server, cold))
-                    label = "start + page" if cold else "page, app running"
-                    report(f"First drawn chart ({label})", direct, proxied)
-        finally:
-            left = server.descendants()
-            server.stop()
-            kill_leftovers(left)
+        compare_start(server, APP, "TensorBoard", args.runs)
+        direct, proxied = [], []
+        for _ in range(args.runs):
+            direct.append(direct_first_data())
+            proxied.append(proxied_first_data(server))
+        report("First scalar data (start + API)", direct, proxied)
+        if args.browser:
+            for cold in (True, False):
+                direct, proxied = [], []
+                for _ in range(max(2, args.runs // 2)):
+                    direct.append(browser_direct(root, cold))
+                    proxied.append(browser_proxied(server, cold))
+                label = "start + page" if cold else "page, app running"
+                report(f"First drawn chart ({label})", direct, proxied)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
-from pathlib import Path
 
 from common import (
+    bench_jupyter,
     compare_start,
-    kill_leftovers,
     open_in_chromium,
-    start_jupyter,
     stop_for_a_fresh_launch,
 )
 
@@ -48,22 +45,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--browser", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        server = start_jupyter(Path(tmp))
-        try:
-            compare_start(server, APP, "VNC", args.runs)
-            if args.browser:
-                for cold in (True, False):
-                    times = [browser(server, cold) for _ in range(max(2, args.runs // 2))]
-                    label = "click (fresh launch)" if cold else "reopen (desktop running)"
-                    print(
-                        f"{label} to noVNC connected: median {statistics.median(times):.2f} s "
-                        f"{[round(x, 2) for x in times]}"
-                    )
-        finally:
-            left = server.descendants()
-            server.stop()
-            kill_leftovers(left)
+    with bench_jupyter() as server:
+        compare_start(server, APP, "VNC", args.runs)
+        if args.browser:
+            for cold in (True, False):
+                times = [browser(server, cold) for _ in range(max(2, args.runs // 2))]
+                label = "click (fresh launch)" if cold else "reopen (desktop running)"
+                print(
+                    f"{label} to noVNC connected: median {statistics.median(times):.2f} s "
+                    f"{[round(x, 2) for x in times]}"
+                )
 
 
 if __name__ == "__main__":

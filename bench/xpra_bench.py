@@ -18,19 +18,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from common import (
+    bench_jupyter,
     compare_start,
     direct_launch,
     direct_ready,
     free_port,
-    kill_leftovers,
     open_in_chromium,
-    start_jupyter,
+    report,
     stop_for_a_fresh_launch,
     stop_tree,
 )
@@ -83,29 +82,16 @@ def main() -> None:
     parser.add_argument("--browser", action="store_true", help="also time the first frame")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        server = start_jupyter(Path(tmp))
-        try:
-            compare_start(server, APP, "Xpra", args.runs)
-
-            if args.browser:
-                for cold in (True, False):
-                    fd, fp = [], []
-                    for _ in range(max(2, args.runs // 2)):
-                        fd.append(browser_direct(cold))
-                        fp.append(browser_proxied(server, cold))
-                    d, p = statistics.median(fd), statistics.median(fp)
-                    label = "start + page" if cold else "page, app running"
-                    print(
-                        f"First xterm frame ({label}): direct TCP median {d:.2f} s, "
-                        f"via Jupyter median {p:.2f} s; ratio {p / d:.2f}"
-                    )
-                    runs_d, runs_p = [round(x, 2) for x in fd], [round(x, 2) for x in fp]
-                    print(f"  direct {runs_d}  via Jupyter {runs_p}")
-        finally:
-            left = server.descendants()
-            server.stop()
-            kill_leftovers(left)
+    with bench_jupyter() as server:
+        compare_start(server, APP, "Xpra", args.runs)
+        if args.browser:
+            for cold in (True, False):
+                fd, fp = [], []
+                for _ in range(max(2, args.runs // 2)):
+                    fd.append(browser_direct(cold))
+                    fp.append(browser_proxied(server, cold))
+                label = "start + page" if cold else "page, app running"
+                report(f"First xterm frame ({label})", fd, fp, direct_name="direct TCP")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,16 @@ async def _browser_to_target(ws: web.WebSocketResponse, writer: asyncio.StreamWr
         await writer.drain()  # waits while the target is slow
 
 
+async def until_either_ends(*directions) -> None:
+    """Run both directions of a joined connection; when one ends, cancel the other."""
+    tasks = [asyncio.ensure_future(direction) for direction in directions]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 def make_app(target: Path, web_dir: Path, index: str, query: str) -> web.Application:
     async def websocket(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(protocols=("binary",), compress=False, max_msg_size=0)
@@ -54,13 +64,9 @@ def make_app(target: Path, web_dir: Path, index: str, query: str) -> web.Applica
         except OSError as err:
             await ws.close(code=1011, message=f"cannot reach the app: {err.strerror}".encode())
             return ws
-        up = asyncio.ensure_future(_browser_to_target(ws, writer))
-        down = asyncio.ensure_future(_target_to_browser(reader, ws))
         try:
-            await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+            await until_either_ends(_browser_to_target(ws, writer), _target_to_browser(reader, ws))
         finally:
-            for task in (up, down):
-                task.cancel()
             writer.close()
             await ws.close()
         return ws

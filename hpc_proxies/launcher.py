@@ -118,9 +118,7 @@ class Launcher:
 
     @property
     def home_url(self) -> str:
-        """JupyterLab, next to the app: the prefix is ``{base_url}{app}/``."""
-        base = self.prefix.rstrip("/").rsplit("/", 1)[0]
-        return f"{base}/lab"
+        return pages.home_url(self.prefix)
 
     @property
     def timeout(self) -> float:

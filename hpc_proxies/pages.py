@@ -44,6 +44,11 @@ h2 { font-size: 1.1rem; margin-top: 2rem; }
 """
 
 
+def home_url(prefix: str) -> str:
+    """JupyterLab, next to an app: an app's prefix is ``{base_url}{app}/``."""
+    return prefix.rstrip("/").rsplit("/", 1)[0] + "/lab"
+
+
 def document(title: str, body: str) -> str:
     """A whole page in the house style; ``body`` is HTML (callers escape what they insert)."""
     return (

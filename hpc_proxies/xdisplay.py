@@ -8,7 +8,8 @@ read. The one entry in that file has an empty display number, which libXau treat
 "any display": the file can be written before ``-displayfd`` tells which number the
 server took.
 
-Standard library only: the ParaView kernel imports this too.
+Standard library only (with the core's ``runtime`` and ``procs``): the ParaView
+kernel imports this too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .procs import signal_on_parent_death
+from .runtime import write_private_file
 
 FAMILY_WILD = 0xFFFF
 COOKIE_NAME = b"MIT-MAGIC-COOKIE-1"
@@ -45,12 +49,7 @@ def xauthority_entry(cookie: bytes, number: str = "") -> bytes:
 
 def write_xauthority(path: str | os.PathLike[str]) -> Path:
     """A new 0600 authority file holding a fresh 128-bit cookie from ``secrets``."""
-    path = Path(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(xauthority_entry(secrets.token_bytes(16)))
-    return path
+    return write_private_file(path, xauthority_entry(secrets.token_bytes(16)))
 
 
 class XServerError(RuntimeError):
@@ -101,14 +100,8 @@ def xvfb_argv(xvfb: str, xauthority: Path, displayfd: int, screen: str = DEFAULT
 
 
 def _die_with_parent() -> None:
-    """In the child: SIGTERM when the process that started us dies (Linux)."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+    """In the child: SIGTERM when the thread that started us ends (Linux)."""
+    signal_on_parent_death(signal.SIGTERM)
 
 
 def start_xvfb(

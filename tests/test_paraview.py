@@ -8,7 +8,6 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -18,9 +17,9 @@ import nbformat
 import pytest
 from conftest import ARTIFACTS, kill_leftovers, screenshot_every_tab, start_jupyter
 from jupyter_client import KernelManager
-from PIL import Image, ImageChops
-
-from hpc_proxies import procs
+from PIL import Image
+from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, wait_gone
+from test_xpra_browser import CHROMIUM, CHROMIUM_ARGS, differing
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "paraview.ipynb"
 DEBIAN_PYTHON = "/usr/bin/python3"
@@ -60,24 +59,24 @@ class PvKernel:
         self.km.shutdown_kernel(now=True)
 
 
-@pytest.fixture(scope="module")
-def pv_jupyter(tmp_path_factory):
-    server = start_jupyter(tmp_path_factory.mktemp("pv"))
-    yield server
-    left = server.descendants()
-    server.stop()
-    kill_leftovers(left)
-
-
 @pytest.fixture
-def kernel(pv_jupyter):
-    k = PvKernel(pv_jupyter)
+def kernel(shared_jupyter):
+    k = PvKernel(shared_jupyter)
     yield k
     k.stop()
 
 
 def status(server) -> dict:
     return json.loads(server.wait_for_app("/paraview/api/status").body)
+
+
+def wait_for_state(server, state: str, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while status(server)["state"] != state:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.3)
+    return True
 
 
 def post(server, what: str) -> tuple[int, dict]:
@@ -132,33 +131,28 @@ def wrong_id_client(port: int, connect_id: int) -> subprocess.CompletedProcess:
 
 
 def pvserver_pids(server) -> set[int]:
-    found = set()
-    for pid in server.descendants():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"paraview/server.py" in cmdline:
-            found.add(pid)
-    return found
+    return {
+        pid for pid in server.descendants() if any("paraview/server.py" in a for a in cmdline(pid))
+    }
 
 
 def xvfb_pids(server) -> set[int]:
-    found = set()
-    for pid in server.descendants():
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "Xvfb":
-                found.add(pid)
-        except OSError:
-            continue
-    return found
+    return {pid for pid in server.descendants() if cmdline(pid)[:1] == ["/usr/bin/Xvfb"]}
+
+
+def tcp_listeners(pids: set[int]) -> list[str]:
+    """The ``ss`` lines of TCP listeners owned by any of ``pids``."""
+    lines = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+    return [line for line in lines.splitlines() if any(f"pid={pid}," in line for pid in pids)]
 
 
 # ------------------------------------------------------------------ the notebook
-def test_example_notebook_runs_on_the_paraview_kernel(pv_jupyter, monkeypatch):
+def test_example_notebook_runs_on_the_paraview_kernel(shared_jupyter, monkeypatch):
     """examples/paraview.ipynb with nbclient: connect(), a Sphere, a PNG in which the
     sphere is visible, and proof that pvserver (not the kernel) rendered it."""
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(pv_jupyter.root_dir.parent / "jupyter/runtime"))
+    monkeypatch.setenv(
+        "JUPYTER_RUNTIME_DIR", str(shared_jupyter.root_dir.parent / "jupyter/runtime")
+    )
     nb = nbformat.read(EXAMPLE, as_version=4)
     nb.cells.append(
         nbformat.v4.new_code_cell(
@@ -189,8 +183,8 @@ def test_example_notebook_runs_on_the_paraview_kernel(pv_jupyter, monkeypatch):
 
 
 # ------------------------------------------------------------------ security
-def test_wrong_connect_id_is_refused_and_rotates(pv_jupyter):
-    info = start_pvserver(pv_jupyter)
+def test_wrong_connect_id_is_refused_and_rotates(shared_jupyter):
+    info = start_pvserver(shared_jupyter)
     port = info["port"]
     secret = int(Path(info["connect_id_file"]).read_text())
     assert oct(Path(info["connect_id_file"]).stat().st_mode & 0o777) == "0o600"
@@ -200,18 +194,18 @@ def test_wrong_connect_id_is_refused_and_rotates(pv_jupyter):
     # After three refusals the server moves to a new port with a new id.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        now = status(pv_jupyter)
+        now = status(shared_jupyter)
         if now["state"] == "running" and now["port"] != port:
             break
         time.sleep(0.5)
     assert now["port"] != port, now
     assert int(Path(now["connect_id_file"]).read_text()) != secret
-    assert pv_jupyter.log().count("connection ids do not match") >= 3
+    assert shared_jupyter.log().count("connection ids do not match") >= 3
     assert not now["client_connected"]
 
 
-def test_no_secret_in_argv_log_and_private_display(pv_jupyter):
-    info = start_pvserver(pv_jupyter)
+def test_no_secret_in_argv_log_and_private_display(shared_jupyter):
+    info = start_pvserver(shared_jupyter)
     secret = Path(info["connect_id_file"]).read_text().strip()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -220,57 +214,45 @@ def test_no_secret_in_argv_log_and_private_display(pv_jupyter):
             except OSError:
                 continue
             assert secret.encode() not in cmdline, cmdline
-    assert secret not in pv_jupyter.log()
+    assert secret not in shared_jupyter.log()
     # The private display: the owner with the cookie gets in, another user does not.
     display = info["display"]
     xauthority = Path(info["connect_id_file"]).parent / "Xauthority"
     assert oct(xauthority.stat().st_mode & 0o777) == "0o600"
     env = dict(os.environ, DISPLAY=display, XAUTHORITY=str(xauthority))
     assert subprocess.run(["xdpyinfo"], env=env, capture_output=True).returncode == 0
-    nobody = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "xdpyinfo"],
-        env=dict(os.environ, DISPLAY=display, XAUTHORITY="/nonexistent"),
-        capture_output=True,
-        text=True,
-    )
+    nobody = as_nobody("xdpyinfo", "-display", display)
     assert nobody.returncode != 0
     assert "unable to open display" in nobody.stderr
 
 
-def test_listeners(pv_jupyter):
+def test_listeners(shared_jupyter):
     """The only TCP listener of the whole app is pvserver's one port (ParaView 5.11
-    cannot bind to loopback); no MPI port, none from Xvfb, the service or the view."""
-    info = start_pvserver(pv_jupyter)
-    app_pids = pv_jupyter.descendants()
-    listeners = subprocess.run(["ss", "-Hltnup"], capture_output=True, text=True).stdout
-    ours = [
-        line for line in listeners.splitlines() if any(f"pid={pid}," in line for pid in app_pids)
-    ]
+    cannot bind to loopback); no MPI port, none from Xvfb or the service."""
+    info = start_pvserver(shared_jupyter)
+    ours = tcp_listeners(shared_jupyter.descendants())
     assert len(ours) == 1, ours
     assert f":{info['port']} " in ours[0]
-    assert any(f"pid={pid}," in ours[0] for pid in pvserver_pids(pv_jupyter))
+    assert any(f"pid={pid}," in ours[0] for pid in pvserver_pids(shared_jupyter))
 
 
 # ------------------------------------------------------------------ lifecycle
-def test_client_leaves_then_connect_again(pv_jupyter):
+def test_client_leaves_then_connect_again(shared_jupyter):
     """The client leaves (its kernel shuts down), pvserver exits with it, and connect()
     from the next kernel starts a new one, with a new port and id."""
-    first_kernel = PvKernel(pv_jupyter)
+    first_kernel = PvKernel(shared_jupyter)
     try:
         _, err = first_kernel.run(
             "import hpc_proxies.paraview as pvh\nfrom paraview.simple import *\npvh.connect();"
         )
         assert err is None, err
-        first = status(pv_jupyter)
+        first = status(shared_jupyter)
         assert first["client_connected"], first
     finally:
         first_kernel.stop()
-    deadline = time.monotonic() + 30
-    while status(pv_jupyter)["state"] == "running" and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert status(pv_jupyter)["state"] == "stopped"
-    assert not pvserver_pids(pv_jupyter)
-    second_kernel = PvKernel(pv_jupyter)
+    assert wait_for_state(shared_jupyter, "stopped")
+    assert not pvserver_pids(shared_jupyter)
+    second_kernel = PvKernel(shared_jupyter)
     try:
         started = time.monotonic()
         _out, err = second_kernel.run(
@@ -279,44 +261,44 @@ def test_client_leaves_then_connect_again(pv_jupyter):
         )
         assert err is None, err
         assert time.monotonic() - started < 60
-        again = status(pv_jupyter)
+        again = status(shared_jupyter)
         assert again["client_connected"] and again["port"] != first["port"]
     finally:
         second_kernel.stop()
+    assert wait_for_state(shared_jupyter, "stopped")
 
 
-def test_stop_from_status_page_ends_pvserver_and_xvfb(pv_jupyter):
-    start_pvserver(pv_jupyter)
-    assert pvserver_pids(pv_jupyter) and xvfb_pids(pv_jupyter)
-    code, info = post(pv_jupyter, "stop")
+def test_a_second_kernel_is_told_pvserver_is_taken(shared_jupyter):
+    """pvserver serves one client: a second kernel gets a clear error, not a hang."""
+    first, second = PvKernel(shared_jupyter), PvKernel(shared_jupyter)
+    try:
+        _, err = first.run("import hpc_proxies.paraview as pvh\npvh.connect();")
+        assert err is None, err
+        _, err = second.run("import hpc_proxies.paraview as pvh\npvh.connect();")
+        assert err is not None and err["ename"] == "ParaViewError", err
+        assert "already has a client" in err["evalue"]
+        assert status(shared_jupyter)["client_connected"]
+    finally:
+        first.stop()
+        second.stop()
+    assert wait_for_state(shared_jupyter, "stopped")
+
+
+def test_stop_from_status_page_ends_pvserver_and_xvfb(shared_jupyter):
+    start_pvserver(shared_jupyter)
+    assert pvserver_pids(shared_jupyter) and xvfb_pids(shared_jupyter)
+    code, info = post(shared_jupyter, "stop")
     assert code == 200 and info["state"] == "stopped", info
-    assert not pvserver_pids(pv_jupyter)
-    assert not xvfb_pids(pv_jupyter)
-    page = pv_jupyter.request("/paraview/")
+    assert not pvserver_pids(shared_jupyter)
+    assert not xvfb_pids(shared_jupyter)
+    page = shared_jupyter.request("/paraview/")
     assert "ParaView server" in page.text and "Stop" in page.text
 
 
-def test_sigterm_to_jupyter_leaves_nothing(tmp_path):
-    server = start_jupyter(tmp_path)
-    try:
-        info = start_pvserver(server)
-        runtime = Path(info["views_dir"]).parent.parent
-        before = server.descendants()
-        assert pvserver_pids(server) and xvfb_pids(server)
-        server.proc.send_signal(signal.SIGTERM)
-        server.proc.wait(30)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            alive = {p for p in before if (i := procs.proc_info(p)) and i.state != "Z"}
-            if not alive:
-                break
-            time.sleep(0.2)
-        assert not alive, alive
-        assert not runtime.exists()
-    finally:
-        left = server.descendants()
-        server.stop()
-        kill_leftovers(left)
+def test_sigterm_to_jupyter_leaves_nothing(jupyter):
+    start_pvserver(jupyter)
+    assert pvserver_pids(jupyter) and xvfb_pids(jupyter)
+    assert_stopping_leaves_nothing(jupyter, "paraview")
 
 
 def test_connect_raises_when_disabled(tmp_path):
@@ -339,29 +321,33 @@ def test_connect_raises_when_disabled(tmp_path):
 
 # ------------------------------------------------------------------ the browser
 @pytest.mark.browser
-def test_interactive_view_in_the_browser(pv_jupyter, kernel):
+def test_interactive_view_in_the_browser(shared_jupyter, kernel):
     """The view show() returns: the sphere is on screen, and dragging turns it."""
     from playwright.sync_api import sync_playwright
 
     out, err = kernel.run(
         "import hpc_proxies.paraview as pvh\nfrom paraview.simple import *\npvh.connect()\n"
         "s = Sphere(ThetaResolution=48, PhiResolution=48)\n"
-        "d = Show(Elevation(Input=s))\nColorBy(d, ('POINTS', 'Elevation'))\nResetCamera()\n"
-        "frame = pvh.show()\nprint(frame.src)"
+        # Coloured by the normals' X: turning the sphere about its vertical axis shows
+        # another side, and so another picture (a plain sphere looks the same from all).
+        "d = Show(s)\nColorBy(d, ('POINTS', 'Normals', 'X'))\nResetCamera()"
     )
+    assert err is None, err
+    kernel_pids = {kernel.km.provisioner.process.pid}
+    listening_before = tcp_listeners(kernel_pids)  # the kernel's own ZMQ channels
+    out, err = kernel.run("frame = pvh.show()\nprint(frame.src)")
     assert err is None, err
     src = out.strip().splitlines()[-1]
     assert src.startswith("/paraview/view/")
+    # The view is served on a unix socket: the kernel opened no TCP port for it.
+    assert tcp_listeners(kernel_pids) == listening_before
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 800, "height": 600})
         try:
             page = context.new_page()
-            page.goto(f"{pv_jupyter.url}{src}?token={pv_jupyter.token}")
+            page.goto(f"{shared_jupyter.url}{src}?token={shared_jupyter.token}")
             page.wait_for_function("window.paraviewFrames && window.paraviewFrames.length >= 1")
             page.wait_for_timeout(500)
             before = page.screenshot(path=ARTIFACTS / "paraview-view-before.png")
@@ -377,22 +363,31 @@ def test_interactive_view_in_the_browser(pv_jupyter, kernel):
             page.wait_for_function(f"window.paraviewFrames.length > {frames}")
             page.wait_for_timeout(800)
             after = page.screenshot(path=ARTIFACTS / "paraview-view-after.png")
-            diff = ImageChops.difference(
+            changed = differing(
                 Image.open(io.BytesIO(before)).convert("RGB"),
                 Image.open(io.BytesIO(after)).convert("RGB"),
             )
-            changed = sum(1 for px in diff.getdata() if max(px) > 40)
-            assert changed > 2000, f"only {changed} pixels changed after the drag"
+            assert changed > 0.005, f"only {changed:.2%} of the pixels changed after the drag"
             ok, why = sphere_visible(after)
             assert ok, why
             # The status page knows a client is connected.
             status_page = context.new_page()
-            status_page.goto(f"{pv_jupyter.url}/paraview/?token={pv_jupyter.token}")
+            status_page.goto(f"{shared_jupyter.url}/paraview/?token={shared_jupyter.token}")
             status_page.wait_for_function(
                 "document.getElementById('client').textContent === 'connected'"
             )
             assert status_page.inner_text("#state") == "Running"
             status_page.screenshot(path=ARTIFACTS / "paraview-status.png")
+            # Its Stop button (a cookie-authenticated POST with Jupyter's XSRF token)
+            # ends pvserver and its X server.
+            running = pvserver_pids(shared_jupyter) | xvfb_pids(shared_jupyter)
+            assert len(running) >= 2, running
+            status_page.click("#stop")
+            status_page.wait_for_function(
+                "document.getElementById('state').textContent === 'Stopped'"
+            )
+            assert not wait_gone(running, 10)
+            assert not pvserver_pids(shared_jupyter) and not xvfb_pids(shared_jupyter)
         except Exception:
             screenshot_every_tab(context, "paraview-failure")
             raise

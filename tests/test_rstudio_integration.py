@@ -9,17 +9,15 @@ import http.client
 import json
 import os
 import re
-import signal
 import stat
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from conftest import kill_leftovers, start_jupyter
+from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, find_process
 from test_tensorboard_integration import unix_get
-from test_xpra_integration import as_nobody, cmdline, find_process
 
 from hpc_proxies import pages, procs
 
@@ -177,18 +175,8 @@ def test_stopping_jupyter_leaves_nothing_behind(tmp_path):
     with jupyter_with_site(tmp_path, toml) as server:
         server.wait_for_app("/rstudio/")
         server.request("/rstudio/")
-        runtime = server.runtime_dir("rstudio")
-        everything = server.descendants()
-        assert any("--rsession-stand-in" in cmdline(pid) for pid in everything)
-        server.proc.send_signal(signal.SIGTERM)
-        server.proc.wait(15)
-        deadline = time.monotonic() + 10
-        left = everything
-        while left and time.monotonic() < deadline:
-            time.sleep(0.1)
-            left = {pid for pid in left if (info := procs.proc_info(pid)) and info.state != "Z"}
-        assert not left, [cmdline(pid) for pid in left]
-        assert not runtime.exists()
+        assert any("--rsession-stand-in" in cmdline(pid) for pid in server.descendants())
+        assert_stopping_leaves_nothing(server, "rstudio")
 
 
 def test_an_rserver_without_www_socket_gets_a_clear_page(tmp_path):

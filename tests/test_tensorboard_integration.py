@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import kill_leftovers, start_jupyter
+from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, find_process
 from tb_events import write_experiments, write_scalars
-from test_xpra_integration import as_nobody, cmdline, find_process
 
 from hpc_proxies import pages, procs
 from hpc_proxies.launcher import CONTROL_SOCKET
@@ -237,19 +237,8 @@ def test_a_sites_logdir_that_does_not_exist_gives_a_page_not_a_crash_loop(tmp_pa
 def test_stopping_jupyter_leaves_nothing_behind(jupyter):
     write_experiments(jupyter.root_dir)
     jupyter.wait_for_app("/tensorboard/")
-    runtime = jupyter.runtime_dir("tensorboard")
     tensorboard = tensorboard_pid(jupyter)
-    everything = jupyter.descendants()
-    assert tensorboard in everything
-    jupyter.proc.send_signal(signal.SIGTERM)
-    jupyter.proc.wait(15)
-    deadline = time.monotonic() + 10
-    left = everything
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = {pid for pid in left if (info := procs.proc_info(pid)) and info.state != "Z"}
-    assert not left, [cmdline(pid) for pid in left]
-    assert not runtime.exists()
+    assert tensorboard in assert_stopping_leaves_nothing(jupyter, "tensorboard")
 
 
 def test_missing_tensorboard_page_says_how_to_install_it(tmp_path):

@@ -44,6 +44,7 @@ from PIL import Image
 from playwright.sync_api import BrowserContext, Locator, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from processes import find_process
 from test_xpra_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -58,7 +59,6 @@ from test_xpra_browser import (
 )
 from test_xpra_browser import wait_for as _wait_for
 from test_xpra_clipboard import xclip_owner
-from test_xpra_integration import find_process
 
 from hpc_proxies import procs
 

@@ -11,14 +11,19 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import aiohttp
 import pytest
+from processes import (
+    as_nobody,
+    assert_stopping_leaves_nothing,
+    cmdline,
+    find_process,
+    wait_gone,
+)
 from rfb_wire import SECURITY_VNCAUTH, VERSION, banner, direct_handshake, handshake
-from test_xpra_integration import as_nobody, cmdline, find_process
 
 from hpc_proxies import procs
 
@@ -40,20 +45,6 @@ def secret_of(server) -> str:
 def session_pids(server) -> set[int]:
     launcher = server.launcher_pid("vnc")
     return {launcher} | procs.descendants(launcher)
-
-
-def alive(pids: set[int]) -> set[int]:
-    return {pid for pid in pids if (info := procs.proc_info(pid)) and info.state != "Z"}
-
-
-def wait_gone(pids: set[int], timeout: float) -> set[int]:
-    """Wait until none of ``pids`` runs any more; return those still running."""
-    deadline = time.monotonic() + timeout
-    left = alive(pids)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = alive(left)
-    return left
 
 
 def bridge_pid(pids: set[int]) -> int:
@@ -285,7 +276,6 @@ def test_kill_9_of_the_vnc_server_and_the_next_request_brings_it_back(shared_jup
 def test_stopping_jupyter_leaves_nothing_behind(jupyter):
     tmpdirs_before = tigervnc_tmpdirs()
     vnc_ready(jupyter)
-    runtime = jupyter.runtime_dir("vnc")
     everything = jupyter.descendants()
     xvnc = find_process(everything, "Xtigervnc")
     copy_dir = tigervnc_tmpdir(xvnc)
@@ -293,11 +283,7 @@ def test_stopping_jupyter_leaves_nothing_behind(jupyter):
     assert re.fullmatch(r":\d+", display), cmdline(xvnc)
     assert len(everything) >= 6, [cmdline(pid) for pid in everything]
 
-    jupyter.proc.send_signal(signal.SIGTERM)
-    jupyter.proc.wait(15)
-    left = wait_gone(everything, 10)
-    assert not left, [cmdline(pid) for pid in left]
-    assert not runtime.exists()
+    assert_stopping_leaves_nothing(jupyter, "vnc")
     assert not copy_dir.exists(), f"vncserver left {copy_dir} behind"
     new_tmpdirs = tigervnc_tmpdirs() - tmpdirs_before
     assert not new_tmpdirs, f"/tmp/tigervnc.* piling up: {sorted(new_tmpdirs)}"

@@ -42,6 +42,7 @@ import pytest
 from conftest import ARTIFACTS, screenshot_every_tab
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, sync_playwright
+from processes import find_process
 from test_xpra_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -53,7 +54,7 @@ from test_xpra_browser import (
     snapshot,
     wait_for_xterm,
 )
-from test_xpra_integration import find_process, session_pids
+from test_xpra_integration import session_pids
 
 pytestmark = pytest.mark.browser
 

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import aiohttp
 import pytest
 from conftest import start_jupyter
+from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, find_process
 from xpra_wire import handshake, xpra_ws_handshake
 
 from hpc_proxies import procs
@@ -32,31 +33,6 @@ def secret_of(server) -> str:
 def session_pids(server) -> set[int]:
     launcher = server.launcher_pid("xpra")
     return {launcher} | procs.descendants(launcher)
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def find_process(pids: set[int], needle: str) -> int:
-    for pid in pids:
-        if any(needle in arg for arg in cmdline(pid)[:2]):
-            return pid
-    raise AssertionError(f"no {needle} among {sorted(pids)}")
-
-
-def as_nobody(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *argv],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PATH": "/usr/bin:/bin"},
-    )
 
 
 def test_first_request_shows_progress_then_the_html5_client(shared_jupyter):
@@ -181,18 +157,8 @@ def test_kill_9_of_xpra_and_the_next_request_brings_it_back(shared_jupyter):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_stopping_jupyter_leaves_nothing_behind(jupyter, signum):
     xpra_ready(jupyter)
-    runtime = jupyter.runtime_dir("xpra")
-    everything = jupyter.descendants()
+    everything = assert_stopping_leaves_nothing(jupyter, "xpra", signum)
     assert len(everything) >= 4
-    jupyter.proc.send_signal(signum)
-    jupyter.proc.wait(15)
-    deadline = time.monotonic() + 10
-    left = everything
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = {pid for pid in left if (info := procs.proc_info(pid)) and info.state != "Z"}
-    assert not left, [cmdline(pid) for pid in left]
-    assert not runtime.exists()
 
 
 def test_missing_xpra_gives_a_readable_page(tmp_path):

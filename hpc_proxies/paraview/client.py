@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from html import unescape
 from pathlib import Path
 
-from .. import xdisplay
+from .. import procs, xdisplay
 from ..pages import STATE_HEADER
 
 APP = "paraview"
@@ -76,14 +76,10 @@ def _runtime_dir() -> Path:
 
 
 def _ancestors() -> list[int]:
-    pids, pid = [], os.getpid()
-    while pid > 1:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            break
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
-        pids.append(pid)
+    pids, info = [], procs.proc_info(os.getpid())
+    while info is not None and info.ppid > 1:
+        pids.append(info.ppid)
+        info = procs.proc_info(info.ppid)
     return pids
 
 
@@ -247,6 +243,12 @@ def connect(timeout: float = 120.0):
         and info["client_connected"]
     ):
         return previous
+    if info["client_connected"] and previous is None:
+        raise ParaViewError(
+            "This user's pvserver already has a client (another kernel, or a ParaView "
+            "GUI), and it serves one at a time. Disconnect() there, or stop it from the "
+            f"ParaView tile ({info['prefix']})."
+        )
     if previous is not None and previous is simple.servermanager.ActiveConnection:
         with contextlib.suppress(RuntimeError):
             simple.Disconnect()

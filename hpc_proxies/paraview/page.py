@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from ..pages import document
+from ..pages import document, home_url
 
 SNIPPET = """import hpc_proxies.paraview as pvh
 from paraview.simple import *
@@ -17,7 +17,7 @@ pvh.show()"""
 def status_page(prefix: str) -> str:
     """Polls ``api/status`` every second; the buttons post to ``api/stop|restart``
     with the Jupyter server's XSRF token (a cookie-authenticated POST needs it)."""
-    home = escape(prefix.rstrip("/").rsplit("/", 1)[0] + "/lab")
+    home = escape(home_url(prefix))
     script = """
 <script>
 (function () {

@@ -39,6 +39,7 @@ import aiohttp
 from aiohttp import web
 
 from .. import xdisplay
+from ..bridge import until_either_ends
 from ..runtime import ensure_private_dir, fresh_private_dir, remove_tree, write_private_file
 from . import page
 from .server import EXIT_NO_PARAVIEW, MARK
@@ -79,6 +80,7 @@ class Run:
     connected: bool = False
     refusals: int = 0
     listening: asyncio.Event = field(default_factory=asyncio.Event)
+    follower: asyncio.Task[None] | None = None  # reads its output; cleans up at its exit
 
 
 class StartFailed(RuntimeError):
@@ -212,7 +214,7 @@ class PvserverService:
             return
         self.run = run
         self.log(f"started pvserver (pid {run.proc.pid})")
-        asyncio.get_running_loop().create_task(self._follow(run))
+        run.follower = asyncio.get_running_loop().create_task(self._follow(run))
 
     async def _follow(self, run: Run) -> None:
         """Read pvserver's output: its state lines, refusals, and its exit."""
@@ -241,6 +243,7 @@ class PvserverService:
         await self._stopped(run, code)
 
     async def _stopped(self, run: Run, code: int) -> None:
+        """The one clean-up of a run, however it ended: its X server and files go."""
         if run.xserver is not None:
             await asyncio.to_thread(run.xserver.stop)
         remove_tree(run.workdir)
@@ -273,10 +276,8 @@ class PvserverService:
             return
         self.state, self.message = "stopping", message
         await terminate_session(run.proc)
-        if run.xserver is not None:
-            await asyncio.to_thread(run.xserver.stop)
-        await self._stopped(run, run.proc.returncode or 0)
-        self.run = None
+        if run.follower is not None:
+            await run.follower  # it sees the exit and cleans up
         self.state, self.message = "stopped", message
 
     async def restart(self) -> dict:
@@ -405,15 +406,9 @@ async def _proxy_websocket(
             else:
                 break
 
-    tasks = [
-        asyncio.ensure_future(pump(browser, upstream)),
-        asyncio.ensure_future(pump(upstream, browser)),
-    ]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await until_either_ends(pump(browser, upstream), pump(upstream, browser))
     finally:
-        for task in tasks:
-            task.cancel()
         await upstream.close()
         await browser.close()
     return browser

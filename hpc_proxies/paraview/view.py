@@ -14,6 +14,7 @@ must be called; while a cell runs, the view waits.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
@@ -132,7 +133,6 @@ class _Frames(tornado.websocket.WebSocketHandler):
 def render(view, op: dict) -> bytes:
     """Apply one input to the camera, have pvserver render, and return a JPEG."""
     from paraview import simple
-    from paraview.modules.vtkPVClientWeb import vtkPVWebApplication
 
     kind = op.get("op")
     camera = view.GetActiveCamera()
@@ -149,10 +149,19 @@ def render(view, op: dict) -> bytes:
     elif kind == "reset":
         simple.ResetCamera(view)
     simple.Render(view)
+    buffer = _image_delivery().StillRenderToBuffer(view.SMProxy, 0, JPEG_QUALITY)
+    return bytes(memoryview(buffer)) if buffer is not None else b""
+
+
+@functools.cache
+def _image_delivery():
+    """ParaView Web's image delivery, one per process: it encodes on worker threads,
+    and freeing one after each frame corrupted the heap (seen as crashes in the bench)."""
+    from paraview.modules.vtkPVClientWeb import vtkPVWebApplication
+
     delivery = vtkPVWebApplication()
     delivery.SetImageEncoding(0)  # raw JPEG bytes, not base64
-    buffer = delivery.StillRenderToBuffer(view.SMProxy, 0, JPEG_QUALITY)
-    return bytes(memoryview(buffer)) if buffer is not None else b""
+    return delivery
 
 
 def _pan(view, camera, dx: float, dy: float) -> None:

@@ -127,17 +127,30 @@ def _resolve_after_setup(reqs, setup: str, env) -> tuple[dict[str, str | None], 
     return found, search_path, done.stderr.strip()
 
 
+def run_program(
+    executable: str,
+    args: tuple[str, ...],
+    setup: str = "",
+    env: Mapping[str, str] | None = None,
+    timeout: float = SETUP_TIMEOUT,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``executable args`` after the site's ``setup``, without input, and capture
+    what it prints. Raises OSError or TimeoutExpired like ``subprocess.run``."""
+    return subprocess.run(
+        setup_argv(setup, [executable, *args]),
+        env=dict(os.environ if env is None else env),
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def version(executable: str, args: tuple[str, ...], setup: str = "", env=None) -> str | None:
     """The first line an executable prints for ``args`` (e.g. ``--version``), if any."""
     try:
-        done = subprocess.run(
-            setup_argv(setup, [executable, *args]),
-            env=dict(os.environ if env is None else env),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            stdin=subprocess.DEVNULL,
-        )
+        done = run_program(executable, args, setup, env, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = (done.stdout or done.stderr).strip().splitlines()
@@ -159,15 +172,7 @@ def supported_flags(
     (``--www-socket`` is not found in ``--www-socket-mode``).
     """
     try:
-        done = subprocess.run(
-            setup_argv(setup, [executable, *help_args]),
-            env=dict(os.environ if env is None else env),
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=SETUP_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        done = run_program(executable, help_args, setup, env)
         text = done.stdout + done.stderr
     except (OSError, subprocess.TimeoutExpired) as err:
         return frozenset(), f"running {executable} {' '.join(help_args)} failed: {err}"

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -393,3 +394,58 @@ def test_interactive_view_in_the_browser(shared_jupyter, kernel):
             raise
         finally:
             browser.close()
+
+
+# ------------------------------------------------------------------ the kernel installer
+def test_install_kernel_for_a_user(tmp_path):
+    """``hpc-proxies install-kernel paraview --user``: a kernelspec in the user's Jupyter
+    directory, whose Python imports ParaView, ipykernel and hpc_proxies."""
+    hpc_proxies_cli = Path(sys.executable).parent / "hpc-proxies"
+    env = dict(os.environ, HOME=str(tmp_path), JUPYTER_DATA_DIR=str(tmp_path / "data"))
+    done = subprocess.run(
+        [str(hpc_proxies_cli), "install-kernel", "paraview", "--user"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    spec = json.loads((tmp_path / "data/kernels/paraview/kernel.json").read_text())
+    assert spec["display_name"] == "ParaView (pvpython)"
+    python = spec["argv"][0]
+    assert python.startswith(str(tmp_path / ".local/share/hpc-proxies/paraview-kernel"))
+    assert spec["argv"][1:] == ["-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    assert (tmp_path / "data/kernels/paraview/logo-svg.svg").exists()
+    imports = subprocess.run(
+        [
+            python,
+            "-c",
+            "import paraview.simple, ipykernel, hpc_proxies.paraview as p; print(p.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert imports.returncode == 0, imports.stderr
+    assert imports.stdout.strip().endswith("hpc_proxies/paraview/__init__.py")
+
+
+def test_install_kernel_with_a_python_without_paraview(tmp_path):
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "hpc-proxies"),
+            "install-kernel",
+            "paraview",
+            "--user",
+            "--python",
+            sys.executable,
+        ],
+        env=dict(os.environ, HOME=str(tmp_path), JUPYTER_DATA_DIR=str(tmp_path / "data")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "cannot import ParaView" in done.stderr and "python3-paraview" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "data/kernels/paraview").exists()

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import config
-from ..executables import app_env, setup_argv
+from ..executables import app_env, run_program, setup_argv
+from ..serverproxy import icon_path
 
 KERNEL_NAME = "paraview"
 DISPLAY_NAME = "ParaView (pvpython)"
@@ -47,17 +48,28 @@ def env_dir_for(scope: str) -> Path:
     return Path.home() / ".local" / "share" / "hpc-proxies" / "paraview-kernel"
 
 
-def _run(argv: list[str], what: str, env=None, timeout: float = 600) -> str:
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise KernelInstallError(f"{what} failed: {err}") from err
-    if done.returncode != 0:
-        output = (done.stdout + done.stderr).strip()[-3000:]
-        raise KernelInstallError(f"{what} failed (exit {done.returncode}):\n{output}")
-    return done.stdout
+class _Python:
+    """One Python interpreter, always run after the site's setup snippet."""
+
+    def __init__(self, executable: str, setup: str, env: dict[str, str]):
+        self.executable, self.setup, self.env = executable, setup, env
+
+    def ok(self, *args: str) -> bool:
+        try:
+            return run_program(self.executable, args, self.setup, self.env).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+    def run(self, what: str, *args: str) -> str:
+        """Its output; :class:`KernelInstallError` naming ``what`` if it fails."""
+        try:
+            done = run_program(self.executable, args, self.setup, self.env, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise KernelInstallError(f"{what} failed: {err}") from err
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).strip()[-3000:]
+            raise KernelInstallError(f"{what} failed (exit {done.returncode}):\n{output}")
+        return done.stdout.strip()
 
 
 def install(
@@ -74,14 +86,14 @@ def install(
     env = app_env(settings)
     env.pop("PYTHONPATH", None)  # the Jupyter Python's path must not leak into this one
 
+    paraview_python = _Python(python, setup, env)
     probe = "import paraview; print(getattr(paraview, '__version__', '?'))"
     try:
-        version = _run(
-            setup_argv(setup, [python, "-c", probe]), f"importing ParaView with {python}", env
-        )
+        version = paraview_python.run(f"importing ParaView with {python}", "-c", probe)
     except KernelInstallError as err:
+        reason = str(err).strip().splitlines()[-1]  # e.g. "No module named 'paraview'"
         raise KernelInstallError(
-            f"{err}\n{python} cannot import ParaView. Install it (Debian/Ubuntu: apt install "
+            f"{python} cannot import ParaView ({reason}). Install it (Debian/Ubuntu: apt install "
             "paraview python3-paraview), or name a Python that can with --python (and "
             "--setup, e.g. 'module load ParaView')."
         ) from None
@@ -90,44 +102,26 @@ def install(
     if env_dir.exists():
         shutil.rmtree(env_dir)
     env_dir.parent.mkdir(parents=True, exist_ok=True)
-    _run(
-        setup_argv(setup, [python, "-m", "venv", "--system-site-packages", str(env_dir)]),
+    paraview_python.run(
         f"creating the kernel's venv with {python}",
-        env,
+        *("-m", "venv", "--system-site-packages", str(env_dir)),
     )
     env_python = str(env_dir / "bin" / "python")
-    has_ipykernel = subprocess.run(
-        setup_argv(setup, [env_python, "-c", "import ipykernel, tornado"]),
-        env=env,
-        capture_output=True,
-        check=False,
-    )
-    if has_ipykernel.returncode != 0:
-        _run(
-            setup_argv(setup, [env_python, "-m", "pip", "install", "-q", "ipykernel"]),
-            "installing ipykernel into the kernel's venv",
-            env,
+    kernel_python = _Python(env_python, setup, env)
+    if not kernel_python.ok("-c", "import ipykernel, tornado"):
+        kernel_python.run(
+            "installing ipykernel into the kernel's venv", "-m", "pip", "install", "-q", "ipykernel"
         )
-    purelib = (
-        _run(
-            setup_argv(
-                setup,
-                [env_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            ),
-            "locating the venv's site-packages",
-            env,
-        )
-        .strip()
-        .splitlines()[-1]
-    )
+    purelib = kernel_python.run(
+        "locating the venv's site-packages",
+        *("-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"),
+    ).splitlines()[-1]
     # This very package, linked (not copied): upgrading hpc-proxies upgrades the kernel.
     (Path(purelib) / "hpc_proxies").symlink_to(PACKAGE_DIR, target_is_directory=True)
-    _run(
-        setup_argv(
-            setup, [env_python, "-c", "import paraview.simple, hpc_proxies.paraview, ipykernel"]
-        ),
+    kernel_python.run(
         "checking the kernel's imports",
-        env,
+        "-c",
+        "import paraview.simple, hpc_proxies.paraview, ipykernel",
     )
 
     launch = [env_python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
@@ -139,10 +133,8 @@ def install(
     }
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
-        logo = PACKAGE_DIR.parent / "icons" / "paraview.svg"
-        if not logo.exists():
-            logo = PACKAGE_DIR / "icons" / "paraview.svg"
-        if logo.exists():
+        logo = icon_path(KERNEL_NAME)
+        if logo:
             shutil.copy(logo, Path(tmp) / "logo-svg.svg")
         kernel_dir = KernelSpecManager().install_kernel_spec(
             tmp,

@@ -32,6 +32,7 @@ import collections
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -102,7 +103,7 @@ class Launcher:
         self.note = ""
         self.cleaning = False  # the previous run's processes are being stopped
         self.start_wanted = False  # a request came while cleaning: start after it
-        self.server: asyncio.AbstractServer | None = None
+        self.server: socket.socket | None = None  # our listener on the launch socket
         self.done = asyncio.Event()
         self.exit_status = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -175,17 +176,42 @@ class Launcher:
         if self.server is not None:
             return
         self.socket_path.unlink(missing_ok=True)
-        # Never let asyncio unlink the path on close: by then it is the app's socket.
-        extra = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
-        self.server = await asyncio.start_unix_server(
-            self.handle, path=str(self.socket_path), **extra
-        )
+        # Our own listening socket, not asyncio's server: at the hand-over to the app,
+        # every connection that already reached us must still be answered. (Closing an
+        # asyncio server while it is accepting leaked such a connection, unanswered.)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(self.socket_path))
         os.chmod(self.socket_path, 0o600)
+        listener.listen(128)
+        listener.setblocking(False)
+        self.server = listener
+        asyncio.get_running_loop().add_reader(listener.fileno(), self._accept_waiting, listener)
+
+    def _accept_waiting(self, listener: socket.socket) -> None:
+        """Answer every connection waiting on our socket."""
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                self.log(f"accepting a connection failed: {err}")
+                return
+            self._spawn(self._serve(conn))
+
+    async def _serve(self, conn: socket.socket) -> None:
+        reader, writer = await asyncio.open_unix_connection(sock=conn)
+        await self.handle(reader, writer)
 
     def stop_listening(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
+        """Stop serving on the launch socket: its path is the app's socket by now, so no
+        new connection reaches us; the ones already queued are still answered."""
+        if self.server is None:
+            return
+        listener, self.server = self.server, None
+        asyncio.get_running_loop().remove_reader(listener.fileno())
+        self._accept_waiting(listener)
+        listener.close()
 
     # ---------------------------------------------------------------- the app
     def start_app(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import os
 import signal
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -236,3 +237,26 @@ async def test_a_failing_preparation_step_gives_a_readable_page(tmp_path):
     assert "Demo App could not be started" in html
     assert "returned non-zero exit status 4" in html
     assert not (tmp_path / "run" / "app").exists(), "the start's private files are removed"
+
+
+async def test_connections_queued_at_the_hand_over_are_answered(tmp_path):
+    """When the launcher hands its socket's path to the app, requests that already
+    reached the launcher still get an answer (they used to hang, unanswered, when the
+    hand-over closed the listener while it was accepting)."""
+    runtime = ensure_private_dir(tmp_path / "run")
+    launcher = Launcher(XPRA, runtime / "socket", "/xpra/", None)
+    await launcher.listen()
+    clients = []
+    for _ in range(5):
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(runtime / "socket"))  # queued: the loop has not accepted yet
+        client.sendall(f"GET / HTTP/1.0\r\n{pages.PROBE_HEADER}: 1\r\n\r\n".encode())
+        clients.append(client)
+    launcher.stop_listening()
+    for client in clients:
+        reader, writer = await asyncio.open_unix_connection(sock=client)
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert b'"app": "xpra"' in answer
+    assert launcher.state == "stopped", "a probe starts nothing"

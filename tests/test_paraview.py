@@ -20,7 +20,7 @@ from conftest import ARTIFACTS, kill_leftovers, screenshot_every_tab, start_jupy
 from jupyter_client import KernelManager
 from PIL import Image
 from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, wait_gone
-from test_xpra_browser import CHROMIUM, CHROMIUM_ARGS, differing
+from test_xpra_browser import CHROMIUM, CHROMIUM_ARGS, differing, rgb
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "paraview.ipynb"
 DEBIAN_PYTHON = "/usr/bin/python3"
@@ -114,7 +114,7 @@ def sphere_visible(png: bytes) -> tuple[bool, str]:
         return max(abs(a - b) for a, b in zip(px, background, strict=True)) > 40
 
     centre = image.getpixel((w // 2, h // 2))
-    fraction = sum(1 for px in image.getdata() if differs(px)) / (w * h)
+    fraction = sum(1 for px in rgb(image) if differs(px)) / (w * h)
     ok = differs(centre) and 0.05 < fraction < 0.8
     return ok, f"centre {centre}, background {background}, sphere fraction {fraction:.2f}"
 
@@ -267,6 +267,27 @@ def test_client_leaves_then_connect_again(shared_jupyter):
     finally:
         second_kernel.stop()
     assert wait_for_state(shared_jupyter, "stopped")
+
+
+def test_disconnect_then_connect_again_in_one_kernel(shared_jupyter, kernel):
+    """Disconnect() in the notebook, even with the old connection still referenced
+    (as ``c`` here), then connect() again: a working connection to a new pvserver."""
+    _, err = kernel.run(
+        "import hpc_proxies.paraview as pvh\nfrom paraview.simple import *\nc = pvh.connect()"
+    )
+    assert err is None, err
+    first = status(shared_jupyter)
+    assert first["client_connected"], first
+    _, err = kernel.run("Disconnect()")
+    assert err is None, err
+    out, err = kernel.run(
+        "c2 = pvh.connect()\nShow(Sphere())\nRender()\n"
+        "from paraview import servermanager\nprint(servermanager.ActiveConnection is c2)"
+    )
+    assert err is None, err
+    assert out.strip().endswith("True"), out
+    again = status(shared_jupyter)
+    assert again["client_connected"] and again["port"] != first["port"]
 
 
 def test_a_second_kernel_is_told_pvserver_is_taken(shared_jupyter):

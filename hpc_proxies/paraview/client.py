@@ -135,13 +135,16 @@ def _page_text(body: bytes) -> str:
     return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", html))).strip()
 
 
-def ensure_pvserver(timeout: float = 120.0, server: JupyterServer | None = None) -> dict:
-    """Ask the tile's service to start pvserver (starting the service too) and wait."""
+def ensure_pvserver(
+    timeout: float = 120.0, server: JupyterServer | None = None, action: str = "start"
+) -> dict:
+    """Ask the tile's service to start (or ``restart``) pvserver, starting the service
+    too if needed, and wait until pvserver listens."""
     server = server or find_jupyter_server()
     deadline = time.monotonic() + timeout
     while True:
         try:
-            status, headers, body = _request(server, "POST", f"{APP}/api/start", timeout=timeout)
+            status, headers, body = _request(server, "POST", f"{APP}/api/{action}", timeout=timeout)
         except OSError as err:
             raise JupyterServerNotFound(
                 f"Cannot reach the Jupyter server at {server.url}: {err}"
@@ -149,7 +152,7 @@ def ensure_pvserver(timeout: float = 120.0, server: JupyterServer | None = None)
         ours = headers.get(STATE_HEADER)
         if status == 200 and not ours:
             return json.loads(body)
-        if status == 202 and ours == "starting":
+        if status == 202 and ours:  # the tile's service is starting (or just took over)
             if time.monotonic() > deadline:
                 raise PvserverStartFailed(
                     f"The ParaView service did not start within {timeout:.0f} s."
@@ -234,26 +237,27 @@ def connect(timeout: float = 120.0):
     the connection. Calling it again reuses a live connection, or starts pvserver anew."""
     _display.ensure()
     simple = _import_simple()
-    info = ensure_pvserver(timeout)
-    previous = _session.live()
-    if (
-        previous is not None
-        and previous is simple.servermanager.ActiveConnection
-        and _session.port == info["port"]
-        and info["client_connected"]
-    ):
+    server = find_jupyter_server()
+    info = ensure_pvserver(timeout, server)
+    previous, active = _session.live(), simple.servermanager.ActiveConnection
+    ours = previous is not None and _session.port == info["port"]
+    if ours and previous is active and info["client_connected"]:
         return previous
-    if info["client_connected"] and previous is None:
-        raise ParaViewError(
-            "This user's pvserver already has a client (another kernel, or a ParaView "
-            "GUI), and it serves one at a time. Disconnect() there, or stop it from the "
-            f"ParaView tile ({info['prefix']})."
-        )
-    if previous is not None and previous is simple.servermanager.ActiveConnection:
+    if info["client_connected"]:
+        if not ours:
+            raise ParaViewError(
+                "This user's pvserver already has a client (another kernel, or a ParaView "
+                "GUI), and it serves one at a time. Disconnect() there, or stop it from the "
+                f"ParaView tile ({info['prefix']})."
+            )
+        # Disconnect()ed here, but ParaView keeps the socket (and pvserver) until the
+        # last reference to the old connection goes: start a fresh pvserver instead.
+        info = ensure_pvserver(timeout, server, action="restart")
+    if previous is not None and previous is active:
         with contextlib.suppress(RuntimeError):
             simple.Disconnect()
     _session.connection = None
-    del previous
+    del previous, active
     from paraview.modules.vtkRemotingCore import vtkRemotingCoreConfiguration
 
     connect_id = int(Path(info["connect_id_file"]).read_text().strip())

@@ -22,6 +22,7 @@ import html
 import json
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import WSMsgType, web
@@ -53,6 +54,24 @@ async def until_either_ends(*directions) -> None:
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def serve_until_stopped(
+    app: web.Application, socket_path: Path, before_cleanup: Callable[[], Awaitable] | None = None
+) -> None:
+    """Serve ``app`` on a private (0600) unix socket until SIGTERM, SIGINT or SIGHUP."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.UnixSite(runner, str(socket_path)).start()
+    os.chmod(socket_path, 0o600)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    if before_cleanup is not None:
+        await before_cleanup()
+    await runner.cleanup()
 
 
 def make_app(target: Path, web_dir: Path, index: str, query: str) -> web.Application:
@@ -96,21 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--query", default="", help="query string GET / sends it with")
     args = parser.parse_args(argv)
 
-    async def serve() -> None:
-        runner = web.AppRunner(
-            make_app(args.target, args.web, args.index, args.query), access_log=None
-        )
-        await runner.setup()
-        await web.UnixSite(runner, str(args.listen)).start()
-        os.chmod(args.listen, 0o600)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
-    asyncio.run(serve())
+    app = make_app(args.target, args.web, args.index, args.query)
+    asyncio.run(serve_until_stopped(app, args.listen))
 
 
 if __name__ == "__main__":

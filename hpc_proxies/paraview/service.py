@@ -39,7 +39,7 @@ import aiohttp
 from aiohttp import web
 
 from .. import xdisplay
-from ..bridge import until_either_ends
+from ..bridge import serve_until_stopped, until_either_ends
 from ..runtime import ensure_private_dir, fresh_private_dir, remove_tree, write_private_file
 from . import page
 from .server import EXIT_NO_PARAVIEW, MARK
@@ -439,17 +439,11 @@ def main(argv: list[str] | None = None) -> None:
 
     async def serve() -> None:
         service = PvserverService(options)
-        runner = web.AppRunner(make_app(service), access_log=None)
-        await runner.setup()
-        await web.UnixSite(runner, str(args.socket)).start()
-        os.chmod(args.socket, 0o600)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        await service.stop("The ParaView service stopped.")
-        await runner.cleanup()
+        await serve_until_stopped(
+            make_app(service),
+            args.socket,
+            before_cleanup=lambda: service.stop("The ParaView service stopped."),
+        )
 
     asyncio.run(serve())
 

@@ -4,10 +4,13 @@ real pvserver processes, a private Xvfb, and Chromium on the interactive view.""
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -18,9 +21,13 @@ import nbformat
 import pytest
 from conftest import ARTIFACTS, kill_leftovers, screenshot_every_tab, start_jupyter
 from jupyter_client import KernelManager
+from network import WITHOUT_USER_NAMESPACES, peer_host
 from PIL import Image
 from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, wait_gone
 from test_xpra_browser import CHROMIUM, CHROMIUM_ARGS, differing, rgb
+
+from hpc_proxies import procs
+from hpc_proxies.runtime import ensure_private_dir
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "paraview.ipynb"
 DEBIAN_PYTHON = "/usr/bin/python3"
@@ -124,7 +131,7 @@ def wrong_id_client(port: int, connect_id: int) -> subprocess.CompletedProcess:
         "from paraview.modules.vtkRemotingCore import vtkRemotingCoreConfiguration\n"
         "from paraview import simple\n"
         f"vtkRemotingCoreConfiguration.GetInstance().SetConnectID({connect_id})\n"
-        f"print('CONNECTION', simple.Connect('localhost', {port}))\n"
+        f"print('CONNECTION', simple.Connect('127.0.0.1', {port}))\n"
     )
     return subprocess.run(
         [DEBIAN_PYTHON, "-c", code], capture_output=True, text=True, timeout=120, check=False
@@ -132,8 +139,11 @@ def wrong_id_client(port: int, connect_id: int) -> subprocess.CompletedProcess:
 
 
 def pvserver_pids(server) -> set[int]:
+    """pvserver's own process (``python server.py``; not its namespace keeper)."""
     return {
-        pid for pid in server.descendants() if any("paraview/server.py" in a for a in cmdline(pid))
+        pid
+        for pid in server.descendants()
+        if cmdline(pid)[1:2] and cmdline(pid)[1].endswith("paraview/server.py")
     }
 
 
@@ -170,7 +180,7 @@ def test_example_notebook_runs_on_the_paraview_kernel(shared_jupyter, monkeypatc
     ).execute()
     elapsed = time.monotonic() - started
     outputs = [c.outputs for c in nb.cells if c.cell_type == "code"]
-    assert "Connection (cs://localhost:" in outputs[0][0]["data"]["text/plain"]
+    assert "Connection (cs://127.0.0.1:" in outputs[0][0]["data"]["text/plain"]
     png = base64.b64decode(outputs[2][0]["data"]["image/png"])
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "paraview-notebook.png").write_bytes(png)
@@ -227,14 +237,123 @@ def test_no_secret_in_argv_log_and_private_display(shared_jupyter):
     assert "unable to open display" in nobody.stderr
 
 
-def test_listeners(shared_jupyter):
-    """The only TCP listener of the whole app is pvserver's one port (ParaView 5.11
-    cannot bind to loopback); no MPI port, none from Xvfb or the service."""
+def listening_ports(pid: int) -> dict[int, str]:
+    """TCP ports listening in ``pid``'s network namespace, with their bound address."""
+    ports = {}
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if state == "0A":  # LISTEN
+            address, port = local.split(":")
+            ports[int(port, 16)] = socket.inet_ntoa(bytes.fromhex(address)[::-1])
+    return ports
+
+
+def test_no_tcp_listener_is_reachable_beyond_loopback(shared_jupyter):
+    """pvserver listens on every interface of a network namespace of its own; the app's
+    only TCP listener on the host is the service's relay on 127.0.0.1. From another
+    host neither is reachable (a listener on every interface, the control, is). No MPI
+    port, none from Xvfb."""
     info = start_pvserver(shared_jupyter)
+    assert info["network"].startswith("127.0.0.1 only"), info
     ours = tcp_listeners(shared_jupyter.descendants())
     assert len(ours) == 1, ours
-    assert f":{info['port']} " in ours[0]
-    assert any(f"pid={pid}," in ours[0] for pid in pvserver_pids(shared_jupyter))
+    assert f" 127.0.0.1:{info['port']} " in f" {ours[0]} ", ours
+    (pvserver,) = pvserver_pids(shared_jupyter)
+    assert f"pid={pvserver}," not in ours[0]
+    assert os.readlink(f"/proc/{pvserver}/ns/net") != os.readlink("/proc/self/ns/net")
+    inner = listening_ports(pvserver)
+    assert len(inner) == 1 and set(inner.values()) == {"0.0.0.0"}, inner
+    (inner_port,) = inner
+    with peer_host() as peer, socket.create_server(("0.0.0.0", 0)) as control:
+        assert peer.can_connect(control.getsockname()[1]), "the peer host cannot reach us"
+        assert not peer.can_connect(info["port"])
+        assert not peer.can_connect(inner_port)
+    # On the host itself only the relay answers: pvserver's port is not on this loopback.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", inner_port), 5)
+    assert status(shared_jupyter)["state"] == "running"
+
+
+class ServiceWithoutNamespaces:
+    """The ParaView service, run by hand on a "node" whose kernel forbids unprivileged
+    user namespaces, with the site's ``isolate_network`` setting ``mode``."""
+
+    def __init__(self, tmp_path: Path, mode: str):
+        self.socket = tmp_path / "service.sock"
+        self.log = tmp_path / "service.log"
+        argv = [
+            *WITHOUT_USER_NAMESPACES,
+            sys.executable,
+            "-m",
+            "hpc_proxies.paraview.service",
+            "--socket",
+            str(self.socket),
+            "--dir",
+            str(ensure_private_dir(tmp_path / "app")),
+            "--prefix",
+            "/paraview/",
+            "--python",
+            DEBIAN_PYTHON,
+            "--xvfb",
+            shutil.which("Xvfb") or "Xvfb",
+            "--isolate-network",
+            mode,
+        ]
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not self.socket.exists():
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.1)
+
+    def post(self, what: str) -> tuple[int, dict]:
+        class Connection(http.client.HTTPConnection):
+            def connect(conn) -> None:
+                conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                conn.sock.connect(str(self.socket))
+
+        connection = Connection("localhost", timeout=120)
+        connection.request("POST", f"/api/{what}")
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+
+    def stop(self) -> set[int]:
+        """SIGTERM the service; return what it had started that still runs."""
+        started = procs.descendants(self.proc.pid)
+        self.proc.terminate()
+        self.proc.wait(60)
+        return wait_gone(started, 15)
+
+
+def test_where_namespaces_are_forbidden_auto_says_so_and_still_works(tmp_path):
+    """isolate_network = 'auto' on such a node: pvserver listens on every interface
+    behind its connect-id, and the status says so and why. The exposure is real: another
+    host reaches the port (which also shows the peer-host check can see a listener)."""
+    service = ServiceWithoutNamespaces(tmp_path, "auto")
+    try:
+        code, info = service.post("start")
+        assert code == 200, info
+        assert info["network"].startswith("every interface"), info
+        assert "user.max_user_namespaces" in info["network"]
+        with peer_host() as peer:
+            assert peer.can_connect(info["port"])
+    finally:
+        assert not service.stop()
+    assert "Traceback" not in service.log.read_text()
+
+
+def test_where_namespaces_are_forbidden_required_refuses_clearly(tmp_path):
+    service = ServiceWithoutNamespaces(tmp_path, "required")
+    try:
+        code, info = service.post("start")
+        assert code == 503, info
+        assert info["state"] == "failed"
+        assert "isolate_network = 'required'" in info["error"]
+        assert "user.max_user_namespaces" in info["error"]  # how to allow them
+        assert not procs.descendants(service.proc.pid)  # no pvserver, no Xvfb left over
+    finally:
+        assert not service.stop()
+    assert "Traceback" not in service.log.read_text()
 
 
 # ------------------------------------------------------------------ lifecycle

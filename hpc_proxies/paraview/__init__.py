@@ -65,6 +65,8 @@ def command(launch: Launch) -> list[str]:
         str(settings.get("egl_device", 0)),
         "--timeout",
         str(settings.get("pvserver_timeout", 60)),
+        "--isolate-network",
+        str(settings.get("isolate_network", "auto")),
     ]
     if "Xvfb" in launch.executables:
         argv += ["--xvfb", launch.executables["Xvfb"]]
@@ -113,6 +115,17 @@ APP = AppSpec(
             "Seconds pvserver may take to listen after a start (the tile's own start-up "
             "is `timeout`).",
             example=300,
+        ),
+        Setting(
+            "isolate_network",
+            str,
+            "auto",
+            "pvserver listens on every interface (ParaView 5.11 has no bind address). "
+            "'auto' runs it in a private network namespace (unprivileged user namespaces) "
+            "with a relay on 127.0.0.1, or, where the kernel forbids those, on every "
+            "interface behind its connect-id, saying so on the status page; 'required' "
+            "refuses to start without the namespace; 'off' never uses one.",
+            choices=("auto", "required", "off"),
         ),
     ),
 )

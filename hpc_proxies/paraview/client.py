@@ -262,7 +262,7 @@ def connect(timeout: float = 120.0):
 
     connect_id = int(Path(info["connect_id_file"]).read_text().strip())
     vtkRemotingCoreConfiguration.GetInstance().SetConnectID(connect_id)
-    connection = simple.Connect("localhost", info["port"])
+    connection = simple.Connect("127.0.0.1", info["port"])  # the relay is IPv4 only
     if connection is None:
         raise PvserverStartFailed(
             f"paraview.simple could not connect to pvserver on port {info['port']}.",

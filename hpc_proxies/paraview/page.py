@@ -45,6 +45,7 @@ def status_page(prefix: str) -> str:
     $('uptime').textContent = uptime(info.uptime);
     $('client').textContent = info.client_connected ? 'connected' : 'none';
     $('rendering').textContent = info.rendering + (info.display ? ' ' + info.display : '');
+    $('network').textContent = info.network || '-';
     $('stop').disabled = !(info.state === 'running' || info.state === 'starting');
     $('restart').textContent = info.state === 'running' ? 'Restart' : 'Start';
     const log = $('log');
@@ -78,6 +79,7 @@ def status_page(prefix: str) -> str:
         "<tr><th>Uptime</th><td id='uptime'>-</td></tr>"
         "<tr><th>Client</th><td id='client'>-</td></tr>"
         "<tr><th>Rendering</th><td id='rendering'>-</td></tr>"
+        "<tr><th>Reachable on</th><td id='network'>-</td></tr>"
         "</table>"
         "<p class='actions'><button id='restart'>Restart</button>"
         "<button id='stop' class='secondary'>Stop</button>"

@@ -38,7 +38,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from .. import xdisplay
+from .. import netns, xdisplay
 from ..bridge import serve_until_stopped, until_either_ends
 from ..runtime import ensure_private_dir, fresh_private_dir, remove_tree, write_private_file
 from . import page
@@ -65,6 +65,7 @@ class Options:
     egl_device: int = 0
     xvfb: str = "Xvfb"
     timeout: float = 60.0
+    isolate_network: str = "auto"  # auto | required | off
 
 
 @dataclass
@@ -81,6 +82,11 @@ class Run:
     refusals: int = 0
     listening: asyncio.Event = field(default_factory=asyncio.Event)
     follower: asyncio.Task[None] | None = None  # reads its output; cleans up at its exit
+    #: The keeper's unix socket when pvserver runs in a private network namespace.
+    connector: Path | None = None
+    #: Where clients reach it, for the status page and the log.
+    network: str = ""
+    relay: netns.LoopbackRelay | None = None
 
 
 class StartFailed(RuntimeError):
@@ -97,7 +103,9 @@ class Engine:
 
 
 class LocalEngine(Engine):
-    """One serial pvserver on this node, its X display private to this launch."""
+    """One serial pvserver on this node, its X display private to this launch, and its
+    TCP port (on every interface: ParaView 5.11 has no bind address) inside a network
+    namespace of its own where the kernel allows one (:mod:`hpc_proxies.netns`)."""
 
     async def start(self, options: Options, workdir: Path, connect_id_file: Path) -> Run:
         env = dict(os.environ)
@@ -118,20 +126,64 @@ class LocalEngine(Engine):
         argv = [options.python, str(SERVER_SCRIPT), "--connect-id-file", str(connect_id_file)]
         argv += [f"--pv-arg={arg}" for arg in pv_args]
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-                cwd=str(workdir),
-            )
+            if options.isolate_network != "off":
+                connector = workdir / "connector.sock"
+                proc = await _spawn(netns.keeper_argv(connector, argv), env, workdir)
+                unavailable = await _namespace_refusal(proc, options.timeout)
+                if unavailable is None:
+                    return Run(
+                        proc,
+                        workdir,
+                        connect_id_file,
+                        xserver,
+                        connector=connector,
+                        network="127.0.0.1 only (pvserver is in a private network namespace)",
+                    )
+                if options.isolate_network == "required":
+                    raise StartFailed(
+                        f"pvserver must run in a private network namespace (isolate_network "
+                        f"= 'required'), but {unavailable}"
+                    )
+                network = f"every interface: {unavailable}"
+            else:
+                network = "every interface (isolate_network = 'off')"
+            proc = await _spawn(argv, env, workdir)
+            return Run(proc, workdir, connect_id_file, xserver, network=network)
         except OSError as err:
             if xserver is not None:
                 xserver.stop()
-            raise StartFailed(f"starting {options.python} failed: {err}") from err
-        return Run(proc, workdir, connect_id_file, xserver)
+            raise StartFailed(f"starting {argv[0]} failed: {err}") from err
+        except StartFailed:
+            if xserver is not None:
+                xserver.stop()
+            raise
+
+
+async def _spawn(argv: list[str], env: dict[str, str], workdir: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+        cwd=str(workdir),
+    )
+
+
+async def _namespace_refusal(proc: asyncio.subprocess.Process, timeout: float) -> str | None:
+    """None once the keeper is in its namespace; otherwise why it is not."""
+    assert proc.stdout is not None
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout)).decode().strip()
+    except asyncio.TimeoutError:
+        line = ""
+    if line == f"{netns.MARK} ready":
+        return None
+    await terminate_session(proc)
+    rest = (await proc.stdout.read()).decode(errors="replace").strip()
+    reason = line.removeprefix(f"{netns.MARK} unavailable").strip() or rest
+    return reason or f"the namespace keeper exited (code {proc.returncode})"
 
 
 class PvserverService:
@@ -166,6 +218,7 @@ class PvserverService:
             "prefix": self.options.prefix,
             "rendering": self.options.rendering,
             "display": run.xserver.display if running and run.xserver else None,
+            "network": run.network if running else None,
             "tail": list(self.tail)[-15:],
         }
 
@@ -224,10 +277,7 @@ class PvserverService:
             if line.startswith(MARK):
                 words = line.split()[1:]
                 if words[:1] == ["listening"] and self.run is run:
-                    run.port = int(words[1])
-                    self.state, self.message = "running", "Waiting for a client."
-                    run.listening.set()
-                    self.log(f"listening on port {run.port}")
+                    await self._listening(run, int(words[1]))
                 elif words[:1] == ["connected"] and self.run is run:
                     run.connected = True
                     self.message = "A client is connected."
@@ -242,8 +292,20 @@ class PvserverService:
         code = await run.proc.wait()
         await self._stopped(run, code)
 
+    async def _listening(self, run: Run, port: int) -> None:
+        """pvserver listens: clients reach it on ``port``, or through a loopback relay."""
+        if run.connector is not None:
+            run.relay = await netns.LoopbackRelay(run.connector, port).start()
+            port = run.relay.port
+        run.port = port
+        self.state, self.message = "running", "Waiting for a client."
+        run.listening.set()
+        self.log(f"listening on port {run.port}, reachable on {run.network}")
+
     async def _stopped(self, run: Run, code: int) -> None:
-        """The one clean-up of a run, however it ended: its X server and files go."""
+        """The one clean-up of a run, however it ended: its relay, X server and files go."""
+        if run.relay is not None:
+            await run.relay.close()
         if run.xserver is not None:
             await asyncio.to_thread(run.xserver.stop)
         remove_tree(run.workdir)
@@ -425,6 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--egl-device", type=int, default=0)
     parser.add_argument("--xvfb", default="Xvfb")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--isolate-network", default="auto", choices=("auto", "required", "off"))
     args = parser.parse_args(argv)
     options = Options(
         directory=args.dir,
@@ -435,6 +498,7 @@ def main(argv: list[str] | None = None) -> None:
         egl_device=args.egl_device,
         xvfb=args.xvfb,
         timeout=args.timeout,
+        isolate_network=args.isolate_network,
     )
 
     async def serve() -> None:

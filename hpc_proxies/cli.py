@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import config
+from . import config, netns
 from .apps import APP_MODULES, load_app
 from .executables import MissingExecutables, app_env, requirements, resolve_app, version
 
@@ -43,6 +43,9 @@ def app_status(site: config.SiteConfig, name: str) -> dict:
     except MissingExecutables as err:
         entry["missing"] = [m.requirement.executable for m in err.missing]
         found = {}
+    if "isolate_network" in settings.values:
+        reason = netns.unavailable_reason()
+        entry["network_namespaces"] = "available" if reason is None else f"unavailable: {reason}"
     entry["executable"] = found.get(main)
     if entry["executable"] and app.version_args:
         entry["version"] = version(
@@ -88,6 +91,8 @@ def print_status(data: dict) -> None:
         print(f"  executable: {exe}")
         if app["version"]:
             print(f"  version: {app['version']}")
+        if "network_namespaces" in app:
+            print(f"  private network namespaces here: {app['network_namespaces']}")
         for key, value in app["settings"].items():
             source = app["sources"].get(key, "default")
             print(f"  {key} = {json.dumps(value)}    [{source}]")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from network import WITHOUT_USER_NAMESPACES
 
 CLI = shutil.which("hpc-proxies", path=str(Path(sys.executable).parent))
 
@@ -120,6 +121,23 @@ def test_status_json_and_a_missing_executable(three, tmp_path):
     assert apps["tensorboard"]["executable"] == str(Path(sys.executable).parent / "tensorboard")
     assert apps["tensorboard"]["settings"]["logdir"] == ""
     assert apps["rstudio"]["missing"] == ["rserver"]
+
+
+def test_status_says_whether_paraview_can_have_its_own_network():
+    done = run("status")
+    assert "private network namespaces here: available" in done.stdout
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HPC_PROXIES_")}
+    forbidden = subprocess.run(
+        [*WITHOUT_USER_NAMESPACES, CLI, "status"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=full_env,
+        check=False,
+    )
+    assert forbidden.returncode == 0, forbidden.stderr
+    assert "private network namespaces here: unavailable: unshare:" in forbidden.stdout
+    assert "sysctl user.max_user_namespaces" in forbidden.stdout
 
 
 def test_status_fails_on_an_invalid_configuration(tmp_path):

@@ -98,6 +98,29 @@ def test_relay_reaches_the_server_in_its_namespace(keeper):
         socket.create_connection(("127.0.0.1", keeper.inner_port), 5)
 
 
+def test_closing_the_relay_ends_its_connections(keeper):
+    async def scenario() -> tuple[bytes, int]:
+        relay = await netns.LoopbackRelay(keeper.connector, keeper.inner_port).start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(b"ping")  # no EOF: the server waits for more
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        assert len(relay.open) == 2  # the client's socket and the inner one
+        await relay.close()
+        ended = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        for _ in range(50):
+            if not relay.open:
+                break
+            await asyncio.sleep(0.1)
+        return ended, len(relay.open), relay.port
+
+    ended, still_open, port = asyncio.run(scenario())
+    assert ended == b"" and still_open == 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), 5)
+
+
 def test_nothing_is_reachable_from_another_host(keeper):
     async def check(peer) -> tuple[bool, bool]:
         relay = await netns.LoopbackRelay(keeper.connector, keeper.inner_port).start()
@@ -119,7 +142,7 @@ def test_connector_refuses_a_port_without_a_server(keeper):
     with pytest.raises(ConnectionRefusedError, match="error"):
         netns.connect_inside(keeper.connector, port)
     # A relay client whose inner connection fails sees its connection closed.
-    assert asyncio.run(through_relay(keeper.connector, port, [b"x"])) == [b""]
+    assert asyncio.run(through_relay(keeper.connector, port, [b""])) == [b""]
 
 
 def test_exit_code_and_signals_pass_through(tmp_path):

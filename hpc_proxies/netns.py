@@ -73,11 +73,9 @@ def enter_private_network() -> None:
     uid, gid = os.getuid(), os.getgid()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
-        errno = ctypes.get_errno()
-        why = os.strerror(errno) + (
-            ": the user.max_user_namespaces limit" if errno == ENOSPC else ""
-        )
-        raise NamespaceUnavailable(errno, f"unshare: {why}; {HOW_TO_ENABLE}")
+        code = ctypes.get_errno()
+        why = os.strerror(code) + (": the user.max_user_namespaces limit" if code == ENOSPC else "")
+        raise NamespaceUnavailable(code, f"unshare: {why}; {HOW_TO_ENABLE}")
     # An unprivileged process may map only itself, and only with setgroups denied.
     Path("/proc/self/setgroups").write_text("deny")
     Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
@@ -110,6 +108,11 @@ def _answer(conn: socket.socket) -> None:
 
 async def _keep(connector: Path, command: list[str]) -> int:
     """Serve the connector until COMMAND ends; pass on SIGTERM, SIGINT and SIGHUP."""
+    try:
+        child = subprocess.Popen(command, preexec_fn=signal_on_parent_death)
+    except OSError as err:
+        print(f"cannot start {command[0]}: {err}", file=sys.stderr, flush=True)
+        return 127
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with contextlib.suppress(FileNotFoundError):
         connector.unlink()
@@ -120,7 +123,6 @@ async def _keep(connector: Path, command: list[str]) -> int:
         os.umask(old_umask)
     listener.listen(16)
     listener.setblocking(False)
-    child = subprocess.Popen(command, preexec_fn=signal_on_parent_death)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, child.send_signal, signum)

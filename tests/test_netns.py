@@ -4,6 +4,7 @@ reached only through the keeper's unix socket and a relay on the host's loopback
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from network import WITHOUT_USER_NAMESPACES, peer_host
-from processes import as_nobody, wait_gone
+from processes import wait_gone
 
 from hpc_proxies import netns
 from hpc_proxies.runtime import ensure_private_dir
@@ -168,31 +169,45 @@ def test_exit_code_and_signals_pass_through(tmp_path):
     assert not wait_gone({server}, 10)
 
 
+PYTHON = ["/usr/bin/python3", "-c"]
+
+
 def test_an_unprivileged_user_gets_the_namespace():
-    """What a user of a login node does: no root, only its own uid mapped."""
+    """What a user of a login node does: no root, only its own uid mapped; and data
+    shared through a project group stays readable inside."""
     with tempfile.TemporaryDirectory() as readable:  # a copy that user "nobody" can read
         os.chmod(readable, 0o755)
         copy = Path(readable)
         shutil.copytree(Path(netns.__file__).parent, copy / "hpc_proxies")
         for path in copy.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
-        done = _run_as_nobody_in_namespace(copy)
+        project_data = copy / "project-data"
+        project_data.write_text("shared with the group")
+        os.chown(project_data, 0, grp.getgrnam("users").gr_gid)
+        project_data.chmod(0o040)  # only the group "users" may read it
+        code = (
+            "import os, socket, sys\n"
+            f"sys.path.insert(0, {str(copy)!r})\n"
+            "from hpc_proxies import netns\n"
+            "outside = os.readlink('/proc/self/ns/net')\n"
+            "netns.enter_private_network()\n"
+            "server = socket.create_server(('127.0.0.1', 0))\n"
+            "socket.create_connection(server.getsockname(), 5)\n"
+            "print(os.getuid(), outside != os.readlink('/proc/self/ns/net'))\n"
+            f"print(open({str(project_data)!r}).read())\n"
+        )
+        done = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--groups=users", "--", *PYTHON, code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"PATH": "/usr/bin:/bin"},
+            check=False,
+        )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["65534", "True"]  # the same uid; a new namespace
-
-
-def _run_as_nobody_in_namespace(copy: Path) -> subprocess.CompletedProcess:
-    code = (
-        "import os, socket, sys\n"
-        f"sys.path.insert(0, {str(copy)!r})\n"
-        "from hpc_proxies import netns\n"
-        "outside = os.readlink('/proc/self/ns/net')\n"
-        "netns.enter_private_network()\n"
-        "server = socket.create_server(('127.0.0.1', 0))\n"
-        "socket.create_connection(server.getsockname(), 5)\n"
-        "print(os.getuid(), outside != os.readlink('/proc/self/ns/net'))\n"
-    )
-    return as_nobody("/usr/bin/python3", "-c", code)
+    ids, data = done.stdout.splitlines()
+    assert ids.split() == ["65534", "True"]  # the same uid; a new namespace
+    assert data == "shared with the group"
 
 
 def test_where_namespaces_are_forbidden_it_says_how_to_allow_them(tmp_path):
@@ -206,4 +221,13 @@ def test_where_namespaces_are_forbidden_it_says_how_to_allow_them(tmp_path):
     assert done.stdout.startswith(f"{netns.MARK} unavailable")
     assert "user.max_user_namespaces" in done.stdout
     assert not marker.exists()  # the command never ran without its namespace
+    assert "Traceback" not in done.stderr
+
+
+def test_a_missing_command_is_named(tmp_path):
+    connector = ensure_private_dir(tmp_path / "private") / "connector.sock"
+    argv = netns.keeper_argv(connector, [str(tmp_path / "no-such-pvserver")])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 127
+    assert f"cannot start {tmp_path / 'no-such-pvserver'}: " in done.stderr
     assert "Traceback" not in done.stderr

@@ -518,6 +518,8 @@ def test_interactive_view_in_the_browser(shared_jupyter, kernel):
                 "document.getElementById('client').textContent === 'connected'"
             )
             assert status_page.inner_text("#state") == "Running"
+            reachable = status_page.inner_text("#network")
+            assert reachable.startswith("127.0.0.1 only"), reachable
             status_page.screenshot(path=ARTIFACTS / "paraview-status.png")
             # Its Stop button (a cookie-authenticated POST with Jupyter's XSRF token)
             # ends pvserver and its X server.

@@ -24,6 +24,7 @@ Jupyter server's.
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import sys
 
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     if not vtkInitializationHelper.Initialize(options, vtkProcessModule.PROCESS_SERVER):
         sys.stderr.write("ParaView could not initialise as a server (see above)\n")
         return 1
+    # ParaView's logger catches SIGTERM and prints a 25-line stack trace into the log at
+    # every stop; being stopped is normal here, and the service cleans up after us.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     process_module = vtkProcessModule.GetProcessModule()
     session = vtkPVSessionServer()
     say("listening", port)

@@ -50,6 +50,7 @@ VIEW_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 #: server is restarted on a new port with a new id, so the id cannot be guessed.
 MAX_REFUSALS = 3
 TAIL_LINES = 40
+INNER_ADDRESS_LINES = ("Connection URL:", "Accepting connection(s):")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -283,6 +284,8 @@ class PvserverService:
                     self.message = "A client is connected."
                     self.log("client connected")
                 continue
+            if run.connector is not None and line.startswith(INNER_ADDRESS_LINES):
+                continue  # pvserver names its port inside the namespace: not for clients
             self.log(line)
             if "connection ids do not match" in line:
                 run.refusals += 1

@@ -56,8 +56,8 @@ SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 HOW_TO_ENABLE = (
     "unprivileged user namespaces are not allowed here; an administrator enables them "
-    "(sysctl user.max_user_namespaces=10000; on Ubuntu also "
-    "kernel.apparmor_restrict_unprivileged_userns=0; on old Debian kernels "
+    "(sysctl user.max_user_namespaces=10000 and user.max_net_namespaces=10000; on Ubuntu "
+    "also kernel.apparmor_restrict_unprivileged_userns=0; on old Debian kernels "
     "kernel.unprivileged_userns_clone=1)"
 )
 

@@ -38,9 +38,7 @@ def bench_jupyter():
         try:
             yield server
         finally:
-            left = server.descendants()
-            server.stop()
-            kill_leftovers(left)
+            server.stop_all()
 
 
 def report(label: str, direct: list[float], proxied: list[float], direct_name="direct") -> None:

@@ -30,7 +30,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import kill_leftovers, start_jupyter  # noqa: E402
+from conftest import start_jupyter  # noqa: E402
 
 CHUNK = 64 * 1024
 
@@ -217,9 +217,7 @@ def main() -> None:
                 extra = f", bridge {peaks[bridge.pid]:4.0f} MiB" if name == "bridge" else ""
                 print(f"  {name:7s} jupyter {peaks[server.proc.pid]:6.0f} MiB{extra}")
         finally:
-            left = server.descendants()
-            server.stop()
-            kill_leftovers(left)
+            server.stop_all()
             for proc in (bridge, stand_in):
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import secrets
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
@@ -68,6 +70,16 @@ class JupyterServer:
         except urllib.error.HTTPError as err:
             return Response(err.code, err.headers, err.read())
 
+    def raw_get(self, path: str) -> tuple[int, Message, str]:
+        """GET with the token, without following redirects."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("GET", path, headers={"Authorization": f"token {self.token}"})
+            resp = conn.getresponse()
+            return resp.status, resp.headers, resp.read().decode(errors="replace")
+        finally:
+            conn.close()
+
     def wait_for_app(self, path: str, timeout: float = 90) -> Response:
         """Request ``path`` until the app itself answers (not our progress page)."""
         deadline = time.monotonic() + timeout
@@ -107,6 +119,12 @@ class JupyterServer:
     def runtime_dir(self, app: str) -> Path:
         cmdline = Path(f"/proc/{self.launcher_pid(app)}/cmdline").read_bytes().split(b"\0")
         return Path(cmdline[cmdline.index(b"--socket") + 1].decode()).parent
+
+    def stop_all(self) -> None:
+        """Stop the server, then kill whatever it started that did not stop with it."""
+        left = self.descendants()
+        self.stop()
+        kill_leftovers(left)
 
     def stop(self, timeout: float = 15) -> None:
         if self.proc.poll() is None:
@@ -177,25 +195,35 @@ def kill_leftovers(pids: set[int], grace: float = 15) -> None:
     procs.send(pids, signal.SIGKILL)
 
 
+@contextmanager
+def jupyter_with_site(tmp_path: Path, toml: str | None = None):
+    """A Jupyter server (whose site configuration is ``toml``, if given); it and
+    everything below it stopped after."""
+    env = {}
+    if toml is not None:
+        site = tmp_path / "site.toml"
+        site.write_text(toml)
+        env["HPC_PROXIES_CONFIG"] = str(site)
+    server = start_jupyter(tmp_path, env)
+    try:
+        yield server
+    finally:
+        server.stop_all()
+
+
 @pytest.fixture
 def jupyter(tmp_path):
     """A fresh Jupyter server for one test; stopped (and anything it left killed) after."""
-    server = start_jupyter(tmp_path)
-    yield server
-    left = server.descendants()
-    server.stop()
-    kill_leftovers(left)
+    with jupyter_with_site(tmp_path) as server:
+        yield server
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
 
 @pytest.fixture(scope="module")
 def shared_jupyter(tmp_path_factory):
     """One Jupyter server shared by the tests of a module that do not stop it."""
-    server = start_jupyter(tmp_path_factory.mktemp("jupyter"))
-    yield server
-    left = server.descendants()
-    server.stop()
-    kill_leftovers(left)
+    with jupyter_with_site(tmp_path_factory.mktemp("jupyter")) as server:
+        yield server
 
 
 def screenshot_every_tab(context, prefix: str) -> None:

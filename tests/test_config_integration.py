@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import kill_leftovers, start_jupyter
+from conftest import start_jupyter
 
 from hpc_proxies import procs
 
@@ -26,9 +26,7 @@ def configured(tmp_path):
 
     yield start
     for server in servers:
-        left = server.descendants()
-        server.stop()
-        kill_leftovers(left)
+        server.stop_all()
 
 
 def xpra_entry(server) -> dict:

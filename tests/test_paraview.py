@@ -19,7 +19,7 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
-from conftest import ARTIFACTS, kill_leftovers, screenshot_every_tab, start_jupyter
+from conftest import ARTIFACTS, jupyter_with_site, screenshot_every_tab
 from jupyter_client import KernelManager
 from network import WITHOUT_USER_NAMESPACES, peer_host
 from PIL import Image
@@ -443,10 +443,7 @@ def test_sigterm_to_jupyter_leaves_nothing(jupyter):
 
 
 def test_connect_raises_when_disabled(tmp_path):
-    config = tmp_path / "config.toml"
-    config.write_text("[apps.paraview]\nenabled = false\n")
-    server = start_jupyter(tmp_path, {"HPC_PROXIES_CONFIG": str(config)})
-    try:
+    with jupyter_with_site(tmp_path, "[apps.paraview]\nenabled = false\n") as server:
         k = PvKernel(server)
         try:
             out, err = k.run("import hpc_proxies.paraview as pvh\npvh.connect()")
@@ -454,10 +451,6 @@ def test_connect_raises_when_disabled(tmp_path):
             k.stop()
         assert err is not None and err["ename"] == "ParaViewDisabled", (out, err)
         assert "disabled" in err["evalue"]
-    finally:
-        left = server.descendants()
-        server.stop()
-        kill_leftovers(left)
 
 
 # ------------------------------------------------------------------ the browser

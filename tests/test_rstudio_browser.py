@@ -10,10 +10,10 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import ARTIFACTS, screenshot_every_tab
+from conftest import ARTIFACTS, jupyter_with_site, screenshot_every_tab
 from PIL import Image
 from playwright.sync_api import sync_playwright
-from test_rstudio_integration import RSERVER, jupyter_with_site
+from test_rstudio_integration import RSERVER
 from test_xpra_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, Box, rgb
 
 pytestmark = pytest.mark.browser

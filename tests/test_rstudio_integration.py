@@ -5,17 +5,15 @@ stand-in, which honours and checks rserver's documented flags."""
 from __future__ import annotations
 
 import getpass
-import http.client
 import json
 import os
 import re
 import stat
 import subprocess
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import kill_leftovers, start_jupyter
+from conftest import jupyter_with_site
 from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, find_process
 from test_tensorboard_integration import unix_get
 
@@ -27,37 +25,12 @@ FAKE_R = STANDIN / "R"
 STATE = pages.STATE_HEADER
 
 
-@contextmanager
-def jupyter_with_site(tmp_path: Path, toml: str):
-    """A Jupyter server whose site configuration is ``toml``; everything stopped after."""
-    site = tmp_path / "site.toml"
-    site.write_text(toml)
-    server = start_jupyter(tmp_path, {"HPC_PROXIES_CONFIG": str(site)})
-    try:
-        yield server
-    finally:
-        left = server.descendants()
-        server.stop()
-        kill_leftovers(left)
-
-
 @pytest.fixture(scope="module")
 def rstudio(tmp_path_factory):
     """One Jupyter server whose RStudio is the stand-in, with a chosen R."""
     toml = f'[apps.rstudio]\nexecutable = "{RSERVER}"\nr = "{FAKE_R}"\n'
     with jupyter_with_site(tmp_path_factory.mktemp("rstudio"), toml) as server:
         yield server
-
-
-def raw_get(server, path: str) -> tuple[int, http.client.HTTPMessage, str]:
-    """GET through Jupyter without following redirects."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    try:
-        conn.request("GET", path, headers={"Authorization": f"token {server.token}"})
-        resp = conn.getresponse()
-        return resp.status, resp.headers, resp.read().decode(errors="replace")
-    finally:
-        conn.close()
 
 
 def session_pids(server) -> set[int]:
@@ -96,7 +69,7 @@ def test_a_redirect_to_another_host_is_rewritten_to_jupyters(rstudio):
         direct
     ), direct
     # ... through Jupyter it names the host the browser used, and the page it leads to works.
-    status, headers, _ = raw_get(rstudio, "/rstudio/redirect")
+    status, headers, _ = rstudio.raw_get("/rstudio/redirect")
     assert status == 302
     location = headers["Location"]
     assert location == f"//127.0.0.1:{rstudio.port}/rstudio/landed?from=redirect", location

@@ -3,7 +3,6 @@ event files, real sockets, the logdir switched through the URL."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import signal
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import kill_leftovers, start_jupyter
+from conftest import jupyter_with_site
 from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, find_process
 from tb_events import write_experiments, write_scalars
 
@@ -29,17 +28,6 @@ STATE = pages.STATE_HEADER
 def runs(shared_jupyter):
     """Two experiments in the directory the Jupyter server runs in (its root dir)."""
     return write_experiments(shared_jupyter.root_dir)
-
-
-def raw_get(server, path: str) -> tuple[int, http.client.HTTPMessage, str]:
-    """GET through Jupyter without following redirects."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    try:
-        conn.request("GET", path, headers={"Authorization": f"token {server.token}"})
-        resp = conn.getresponse()
-        return resp.status, resp.headers, resp.read().decode(errors="replace")
-    finally:
-        conn.close()
 
 
 def api(server, path: str):
@@ -108,10 +96,10 @@ def test_the_logdir_is_switched_through_the_url(shared_jupyter, runs):
 
     # The request that chooses it is sent to its own URL again: the launcher has the
     # socket by then, so the progress page answers, then the relaunched TensorBoard.
-    status, headers, _ = raw_get(shared_jupyter, "/tensorboard/?logdir=experiments/exp2")
+    status, headers, _ = shared_jupyter.raw_get("/tensorboard/?logdir=experiments/exp2")
     assert status == 303 and headers["Location"] == "?logdir=experiments/exp2", headers
     assert headers["Cache-Control"] == "no-store"
-    status, headers, body = raw_get(shared_jupyter, "/tensorboard/?logdir=experiments/exp2")
+    status, headers, body = shared_jupyter.raw_get("/tensorboard/?logdir=experiments/exp2")
     assert status == 202 and headers[STATE] == "starting", body[:300]
     page = shared_jupyter.wait_for_app("/tensorboard/?logdir=experiments/exp2")
     assert page.status == 200 and 'name="tb-relative-root"' in page.text
@@ -120,7 +108,7 @@ def test_the_logdir_is_switched_through_the_url(shared_jupyter, runs):
     after = tensorboard_pid(shared_jupyter)
     assert after != before and not procs.proc_info(before)
     # The same directory again (a reload, another spelling) relaunches nothing.
-    status, _, _ = raw_get(shared_jupyter, f"/tensorboard/?logdir={exp2}/../exp2")
+    status, _, _ = shared_jupyter.raw_get(f"/tensorboard/?logdir={exp2}/../exp2")
     assert status == 200
     assert tensorboard_pid(shared_jupyter) == after
     assert "relaunching with logdir=" + str(exp2) in shared_jupyter.log()
@@ -191,29 +179,21 @@ def test_tensorboards_info_file_stays_in_the_private_directory(shared_jupyter, r
 
 def test_the_sites_logdir_is_shown_first(tmp_path):
     runs = write_experiments(tmp_path / "root")
-    site = tmp_path / "site.toml"
-    site.write_text(f'[apps.tensorboard]\nlogdir = "{tmp_path}/root/experiments/exp1"\n')
-    server = start_jupyter(tmp_path, {"HPC_PROXIES_CONFIG": str(site)})
-    try:
+    toml = f'[apps.tensorboard]\nlogdir = "{tmp_path}/root/experiments/exp1"\n'
+    with jupyter_with_site(tmp_path, toml) as server:
         server.wait_for_app("/tensorboard/")
         assert api(server, "data/logdir") == {"logdir": f"{tmp_path}/root/experiments/exp1"}
         assert wait_for_runs(server, {"run_a"}) == ["run_a"]
         (_, tag, values) = runs["experiments/exp1/run_a"]
         data = api(server, f"data/plugin/scalars/scalars?run=run_a&tag={tag}")
         assert [value for _, _, value in data] == pytest.approx(values, rel=1e-6)
-    finally:
-        left = server.descendants()
-        server.stop()
-        kill_leftovers(left)
 
 
 def test_a_sites_logdir_that_does_not_exist_gives_a_page_not_a_crash_loop(tmp_path):
     (tmp_path / "root").mkdir()
     write_scalars(tmp_path / "root" / "mine" / "run_c", "loss", float)
-    site = tmp_path / "site.toml"
-    site.write_text('[apps.tensorboard]\nlogdir = "/nonexistent/project/runs"\n')
-    server = start_jupyter(tmp_path, {"HPC_PROXIES_CONFIG": str(site)})
-    try:
+    toml = '[apps.tensorboard]\nlogdir = "/nonexistent/project/runs"\n'
+    with jupyter_with_site(tmp_path, toml) as server:
         for _ in range(3):
             resp = server.wait_for_text("/tensorboard/", "cannot open")
             assert resp.status == 404, resp.text[:500]
@@ -228,10 +208,6 @@ def test_a_sites_logdir_that_does_not_exist_gives_a_page_not_a_crash_loop(tmp_pa
         assert page.status == 200
         assert api(server, "data/logdir") == {"logdir": f"{tmp_path}/root/mine"}
         assert wait_for_runs(server, {"run_c"}) == ["run_c"]
-    finally:
-        left = server.descendants()
-        server.stop()
-        kill_leftovers(left)
 
 
 def test_stopping_jupyter_leaves_nothing_behind(jupyter):

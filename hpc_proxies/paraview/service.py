@@ -376,11 +376,15 @@ def make_app(service: PvserverService) -> web.Application:
     async def status(request: web.Request) -> web.Response:
         return web.json_response(service.status(), headers={"Cache-Control": "no-store"})
 
-    async def start(request: web.Request) -> web.Response:
+    async def started(starting) -> web.Response:
+        """The status once pvserver listens, or 503 with why it did not start."""
         try:
-            return web.json_response(await service.ensure_started())
+            return web.json_response(await starting)
         except StartFailed as err:
             return web.json_response({**service.status(), "error": str(err)}, status=503)
+
+    async def start(request: web.Request) -> web.Response:
+        return await started(service.ensure_started())
 
     async def stop(request: web.Request) -> web.Response:
         await service.stop()
@@ -388,10 +392,7 @@ def make_app(service: PvserverService) -> web.Application:
         return web.json_response(service.status())
 
     async def restart(request: web.Request) -> web.Response:
-        try:
-            return web.json_response(await service.restart())
-        except StartFailed as err:
-            return web.json_response({**service.status(), "error": str(err)}, status=503)
+        return await started(service.restart())
 
     async def view(request: web.Request) -> web.StreamResponse:
         view_id = request.match_info["view"]

@@ -2,7 +2,7 @@
 # Set up hpc-proxies on a Debian machine, then run JupyterLab or the whole test suite.
 #
 #   ./bootstrap.sh lab    install everything, start JupyterLab with every tile, print its URL
-#   ./bootstrap.sh test   install everything, then ruff and the whole test suite
+#   ./bootstrap.sh test   install everything, then ruff, the docs build and the whole test suite
 #
 # As root it installs the Debian packages (apt-get update first); as another user it
 # checks they are there and says which are missing. Python packages go into a venv
@@ -58,9 +58,9 @@ if [ ! -x "$venv/bin/python" ]; then
   say "creating the venv $venv"
   "$python" -m venv "$venv"
 fi
-say "pip install -e .[test]"
+say "pip install -e .[test,docs]"
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -e ".[test]"
+"$venv/bin/python" -m pip install -q -e ".[test,docs]"
 say "the ParaView (pvpython) kernel"
 "$venv/bin/hpc-proxies" install-kernel paraview --sys-prefix
 
@@ -81,5 +81,7 @@ fi
 say "ruff"
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
+say "docs (sphinx-build -W: a warning or a broken cross-reference fails)"
+"$venv/bin/sphinx-build" -W --keep-going -q -b html docs docs/_build/html
 say "pytest"
 exec "$venv/bin/python" -m pytest -ra "${@:2}"

@@ -151,7 +151,8 @@ def cmd_install_kernel(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; the docs' CLI reference is generated from it."""
     parser = argparse.ArgumentParser(
         prog="hpc-proxies", description="Check and inspect the hpc-proxies site configuration."
     )
@@ -169,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     where = kernel.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="for this user (the default)")
     where.add_argument(
-        "--sys-prefix", action="store_true", help=f"in this Python's prefix ({sys.prefix})"
+        "--sys-prefix",
+        action="store_true",
+        help="in the prefix of the Python that runs hpc-proxies (its venv)",
     )
     kernel.add_argument(
         "--python", help="a Python that imports ParaView (default: [apps.paraview] executable)"
@@ -178,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         "--setup", help="shell run before the kernel (default: [apps.paraview] setup)"
     )
     kernel.set_defaults(func=cmd_install_kernel)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

@@ -150,7 +150,8 @@ def _closest(word: str, options) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def _type_name(setting: Setting) -> str:
+def type_description(setting: Setting) -> str:
+    """What a value of ``setting`` must be, in words (for messages and the reference)."""
     names = {
         bool: "true or false",
         int: "a whole number",
@@ -180,7 +181,7 @@ def _check_value(setting: Setting, value: object, where: str) -> list[str]:
     if ok:
         return []
     shown = repr(value) if not isinstance(value, dict) else "a table with non-string values"
-    return [f"{where}: expected {_type_name(setting)}, got {shown}"]
+    return [f"{where}: expected {type_description(setting)}, got {shown}"]
 
 
 def _check_app_table(table: object, app: str, where: str) -> list[str]:
@@ -358,11 +359,12 @@ def _all_disabled() -> dict[str, AppSettings]:
 
 
 # ------------------------------------------------------------------- the example
-def _toml_value(value: object) -> str:
+def toml_value(value: object) -> str:
+    """``value`` as TOML writes it (for the example and the reference)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return str(value)
@@ -388,7 +390,7 @@ def example_config() -> str:
         for setting in settings_of(app):
             default = app_defaults(app)[setting.name]
             out += comment(setting.help)
-            out.append(f"# {setting.name} = {_toml_value(setting.example or default)}")
+            out.append(f"# {setting.name} = {toml_value(setting.example or default)}")
     out += [""]
     out += comment(
         "Systems: the first whose `match` globs fit the host name (or the one named by "

@@ -39,6 +39,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from html import escape
+from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -562,7 +563,7 @@ class Launcher:
                     self.start_app()
                 status, content_type, body = self.render(probe)
             response = [
-                f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Status')}",
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
                 f"Content-Type: {content_type}",
                 f"Content-Length: {len(body)}",
                 f"{pages.STATE_HEADER}: {self.state}",
@@ -773,15 +774,6 @@ def start_env(app: AppSpec, launch: Launch, env: Mapping[str, str]) -> dict[str,
         env["XAUTHORITY"] = str(launch.xauthority)
     env.update(app.environment(launch))
     return env
-
-
-STATUS_TEXT = {
-    200: "OK",
-    202: "Accepted",
-    403: "Forbidden",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-}
 
 
 def parse_head(head: bytes) -> tuple[str, dict[str, str]]:

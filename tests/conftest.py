@@ -219,6 +219,19 @@ def jupyter(tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
 
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel admins would install, built once from this checkout."""
+    out = tmp_path_factory.mktemp("wheel")
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(root)],
+        check=True,
+    )
+    (built,) = out.glob("hpc_proxies-*.whl")
+    return built
+
+
 @pytest.fixture(scope="module")
 def shared_jupyter(tmp_path_factory):
     """One Jupyter server shared by the tests of a module that do not stop it."""

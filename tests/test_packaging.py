@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import zipfile
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_wheel_ships_icons_and_entry_points(tmp_path):
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-        check=True,
-    )
-    (wheel,) = tmp_path.glob("hpc_proxies-*.whl")
+def test_wheel_ships_icons_and_entry_points(wheel):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         for app in ("xpra", "vnc", "tensorboard", "rstudio"):

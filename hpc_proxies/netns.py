@@ -41,6 +41,9 @@ import struct
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from errno import ENOSPC
 from pathlib import Path
 
@@ -212,15 +215,74 @@ def connect_inside(connector: Path, port: int) -> socket.socket:
     return inner
 
 
+#: The kernel's tables of TCP sockets (of the reader's network namespace), with owners.
+PROC_NET_TCP = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+
+
+def _proc_net_address(field: str) -> tuple[str, int]:
+    """``0100007F:1F90`` (the address as 32-bit words in host order, the port in hex)."""
+    hex_address, hex_port = field.split(":")
+    words = [int(hex_address[i : i + 8], 16) for i in range(0, len(hex_address), 8)]
+    packed = struct.pack(f"={len(words)}I", *words)
+    family = socket.AF_INET if len(packed) == 4 else socket.AF_INET6
+    address = socket.inet_ntop(family, packed)
+    if address.startswith("::ffff:") and "." in address:
+        address = address.removeprefix("::ffff:")
+    return address, int(hex_port, 16)
+
+
+def loopback_peer_uid(conn: socket.socket) -> int | None:
+    """Who owns the other end of ``conn``, an accepted TCP connection from this host: its
+    socket is in the kernel's table with the two addresses swapped, and its uid beside
+    it. None if that socket is gone (or not of this host): treat it as a stranger."""
+    try:
+        peer = conn.getpeername()[:2]
+    except OSError:  # it has already gone: nobody to let in
+        return None
+    own = conn.getsockname()[:2]
+    for table in PROC_NET_TCP:
+        try:
+            lines = table.read_text().splitlines()[1:]
+        except OSError:
+            continue  # no IPv6 on this host
+        for line in lines:
+            fields = line.split()
+            if _proc_net_address(fields[1]) == peer and _proc_net_address(fields[2]) == own:
+                return int(fields[7])
+    return None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A connection the relay refused because another user (or nobody known) owned it."""
+
+    when: float  # time.time()
+    uid: int | None  # None: its owner could not be found
+
+
 class LoopbackRelay:
     """A TCP port on the host's 127.0.0.1 whose connections go on to ``inner_port``
     inside the namespace. The bytes move in the kernel (``splice`` through a pipe, a
     thread per direction), with backpressure: twice the throughput of an asyncio copy
-    (``bench/netns_bench.py``). Accepting is async, in the caller's event loop."""
+    (``bench/netns_bench.py``). Accepting is async, in the caller's event loop.
 
-    def __init__(self, connector: Path, inner_port: int):
+    Any user of the host can connect to a port on 127.0.0.1, so the relay first looks up
+    who owns the connecting socket (:func:`loopback_peer_uid`) and closes it, before a
+    byte is forwarded, unless it is ``allowed_uid`` (by default this process's user).
+    Another user then cannot even reach the server's handshake, let alone stall it;
+    ``on_refusal`` hears of each attempt."""
+
+    def __init__(
+        self,
+        connector: Path,
+        inner_port: int,
+        allowed_uid: int | None = None,
+        on_refusal: Callable[[Refusal], None] | None = None,
+    ):
         self.connector = connector
         self.inner_port = inner_port
+        self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid
+        self.on_refusal = on_refusal
         self.port: int | None = None
         self.listener: socket.socket | None = None
         self.accepting: asyncio.Task[None] | None = None
@@ -249,6 +311,13 @@ class LoopbackRelay:
         loop = asyncio.get_running_loop()
         while True:
             client, _ = await loop.sock_accept(self.listener)
+            uid = loopback_peer_uid(client)
+            if uid != self.allowed_uid:
+                _shut(client)
+                client.close()
+                if self.on_refusal is not None:
+                    self.on_refusal(Refusal(time.time(), uid))
+                continue
             client.setblocking(True)
             _no_delay(client)
             try:

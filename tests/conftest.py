@@ -220,6 +220,14 @@ def jupyter(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def neighbour():
+    """A second ordinary user of this machine: the neighbour on a shared node."""
+    from processes import ordinary_user
+
+    return ordinary_user("hpcp-neighbour")
+
+
+@pytest.fixture(scope="session")
 def wheel(tmp_path_factory) -> Path:
     """The wheel admins would install, built once from this checkout."""
     out = tmp_path_factory.mktemp("wheel")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pwd
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from hpc_proxies import procs
@@ -34,6 +36,54 @@ def as_nobody(*argv: str) -> subprocess.CompletedProcess:
         timeout=30,
         env={"PATH": "/usr/bin:/bin"},
     )
+
+
+@dataclass(frozen=True)
+class LocalUser:
+    """An ordinary account of this machine, for running what another user of a shared
+    node could run (``nobody`` owns nothing; this one has a home and a group)."""
+
+    name: str
+    uid: int
+    gid: int
+
+    def argv(self, *argv: str) -> list[str]:
+        return [
+            "setpriv",
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            "--init-groups",
+            "--",
+            *argv,
+        ]
+
+    def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.argv(*argv), capture_output=True, text=True, timeout=timeout, env=self.env()
+        )
+
+    def popen(self, *argv: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            self.argv(*argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env(),
+        )
+
+    def env(self) -> dict[str, str]:
+        return {"PATH": "/usr/bin:/bin", "HOME": f"/home/{self.name}", "USER": self.name}
+
+
+def ordinary_user(name: str) -> LocalUser:
+    """The account ``name``, made (with a home directory) if this machine lacks it."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+        entry = pwd.getpwnam(name)
+    return LocalUser(name, entry.pw_uid, entry.pw_gid)
 
 
 def alive(pids: set[int]) -> set[int]:

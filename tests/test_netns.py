@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,81 @@ def test_nothing_is_reachable_from_another_host(keeper):
         assert peer.can_connect(control.getsockname()[1]), "the peer host cannot reach us"
         assert not peer.can_connect(keeper.inner_port)
         assert not asyncio.run(peer_reaches_a_relay(peer))
+
+
+#: Another user's client: connect, send, half-close, and print what came back.
+NEIGHBOUR_CLIENT = textwrap.dedent(
+    """
+    import socket, sys
+    with socket.create_connection(("127.0.0.1", int(sys.argv[1])), 10) as conn:
+        conn.settimeout(10)
+        try:
+            conn.sendall(sys.argv[2].encode())
+            conn.shutdown(socket.SHUT_WR)
+            print(repr(b"".join(iter(lambda: conn.recv(1 << 16), b""))))
+        except OSError as err:
+            print("closed:", type(err).__name__)
+    """
+)
+
+
+def test_relay_refuses_another_users_connection_before_forwarding_a_byte(keeper, neighbour):
+    """A user of the same host connects to the relay on 127.0.0.1: it is closed without
+    reaching the server (which would answer HELLOHELLOHELLO), and reported with its uid;
+    the relay's own user still gets through, before and after."""
+    refusals: list[netns.Refusal] = []
+
+    async def scenario() -> tuple[str, list[bytes]]:
+        relay = await netns.LoopbackRelay(
+            keeper.connector, keeper.inner_port, on_refusal=refusals.append
+        ).start()
+        try:
+            before = await _exchange(relay.port, b"mine")
+            theirs = await asyncio.to_thread(
+                neighbour.run, "/usr/bin/python3", "-c", NEIGHBOUR_CLIENT, str(relay.port), "hello"
+            )
+            after = await _exchange(relay.port, b"mine again")
+            return theirs.stdout + theirs.stderr, [before, after]
+        finally:
+            await relay.close()
+
+    theirs, mine = asyncio.run(scenario())
+    assert "HELLO" not in theirs and ("b''" in theirs or "closed:" in theirs), theirs
+    assert mine == [b"MINE" * 3, b"MINE AGAIN" * 3]
+    assert [r.uid for r in refusals] == [neighbour.uid]
+    assert abs(refusals[0].when - time.time()) < 60
+
+
+def test_the_peer_of_a_loopback_connection_is_its_owner(neighbour):
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as mine:
+            accepted, _ = server.accept()
+            with accepted:
+                assert netns.loopback_peer_uid(accepted) == os.getuid()
+            mine.close()
+        theirs = neighbour.popen(
+            "/usr/bin/python3",
+            "-c",
+            f"import socket, sys; s = socket.create_connection(('127.0.0.1', {port}));"
+            "print('in', flush=True); sys.stdin.read()",
+        )
+        try:
+            accepted, _ = server.accept()
+            with accepted:
+                assert netns.loopback_peer_uid(accepted) == neighbour.uid
+        finally:
+            theirs.kill()
+            theirs.wait()
+
+
+async def _exchange(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    writer.write_eof()
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return answer
 
 
 def test_connector_refuses_a_port_without_a_server(keeper):

@@ -357,6 +357,83 @@ def test_where_namespaces_are_forbidden_required_refuses_clearly(tmp_path):
 
 
 # ------------------------------------------------------------------ lifecycle
+#: A neighbour's attack on the relay: hold idle connections open (ParaView's handshake
+#: waits on them), or send garbage; it prints what became of each connection.
+NEIGHBOUR_ATTACK = """
+import socket, sys, time
+port, mode, count, hold = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+conns = [socket.create_connection(("127.0.0.1", port), 10) for _ in range(count)]
+print("holding", len(conns), flush=True)
+for conn in conns:
+    if mode == "garbage":
+        try:
+            conn.sendall(bytes(range(256)) * 64)
+        except OSError as err:
+            print("send:", type(err).__name__, flush=True)
+deadline = time.monotonic() + hold
+for conn in conns:
+    conn.settimeout(max(0.1, deadline - time.monotonic()))
+    try:
+        print("closed" if conn.recv(1) == b"" else "open", flush=True)
+    except socket.timeout:
+        print("open", flush=True)
+    except OSError as err:
+        print("closed:", type(err).__name__, flush=True)
+"""
+
+
+def timed_connect(server) -> float:
+    """Seconds a fresh kernel's connect() takes; the kernel is stopped after."""
+    kernel = PvKernel(server)
+    try:
+        out, err = kernel.run(
+            "import time\nimport hpc_proxies.paraview as pvh\nstarted = time.monotonic()\n"
+            "pvh.connect()\nprint('SECONDS', time.monotonic() - started)"
+        )
+        assert err is None, err
+        return float(out.split("SECONDS")[1].split()[0])
+    finally:
+        kernel.stop()
+
+
+@pytest.mark.parametrize("mode", ["idle", "garbage"])
+def test_a_neighbour_cannot_stall_or_reach_pvserver(shared_jupyter, neighbour, mode):
+    """Another user of the node opens connections to the user's relay on 127.0.0.1 (its
+    port and owner are easy to find with ``ss``) and holds them idle, or sends garbage.
+    The relay closes them before a byte reaches pvserver, the status page names the
+    neighbour, and the owner's connect() takes no longer than it does without them
+    (measured in the same run): before, it waited as long as the neighbour held on."""
+    shared_jupyter.wait_for_app("/paraview/api/status")
+    post(shared_jupyter, "stop")
+    usual = timed_connect(shared_jupyter)
+    assert wait_for_state(shared_jupyter, "stopped")
+    refused_before = status(shared_jupyter)["refused"]["total"]
+
+    info = start_pvserver(shared_jupyter)
+    attack = neighbour.popen(
+        "/usr/bin/python3", "-c", NEIGHBOUR_ATTACK, str(info["port"]), mode, "3", "120"
+    )
+    try:
+        assert attack.stdout is not None
+        assert attack.stdout.readline().startswith("holding 3"), attack.stderr
+        with_neighbour = timed_connect(shared_jupyter)
+        outcome = [attack.stdout.readline().strip() for _ in range(3)]
+    finally:
+        attack.kill()
+        attack.wait()
+    assert all(line.startswith("closed") for line in outcome), outcome
+    assert with_neighbour <= 2 * usual, (usual, with_neighbour)
+    refused = status(shared_jupyter)["refused"]
+    assert refused["total"] == refused_before + 3, refused
+    assert refused["latest"][0]["user"] == neighbour.name
+    assert refused["latest"][0]["uid"] == neighbour.uid
+    assert f"refused a connection from {neighbour.name} (uid {neighbour.uid})" in (
+        shared_jupyter.log()
+    )
+    print(f"connect(): {usual:.2f} s alone, {with_neighbour:.2f} s with a neighbour ({mode})")
+    assert wait_for_state(shared_jupyter, "stopped")
+
+
 def test_client_leaves_then_connect_again(shared_jupyter):
     """The client leaves (its kernel shuts down), pvserver exits with it, and connect()
     from the next kernel starts a new one, with a new port and id."""

@@ -46,6 +46,14 @@ def status_page(prefix: str) -> str:
     $('client').textContent = info.client_connected ? 'connected' : 'none';
     $('rendering').textContent = info.rendering + (info.display ? ' ' + info.display : '');
     $('network').textContent = info.network || '-';
+    const refused = info.refused || {total: 0, latest: []};
+    $('refused-row').hidden = !refused.total;
+    if (refused.total) {
+      const last = refused.latest[0];
+      const who = last.user || (last.uid === null ? 'an unknown owner' : 'uid ' + last.uid);
+      $('refused').textContent = refused.total + ' from other users; the latest from ' +
+        who + ' at ' + new Date(last.time * 1000).toLocaleString();
+    }
     $('stop').disabled = !(info.state === 'running' || info.state === 'starting');
     $('restart').textContent = info.state === 'running' ? 'Restart' : 'Start';
     const log = $('log');
@@ -80,6 +88,8 @@ def status_page(prefix: str) -> str:
         "<tr><th>Client</th><td id='client'>-</td></tr>"
         "<tr><th>Rendering</th><td id='rendering'>-</td></tr>"
         "<tr><th>Reachable on</th><td id='network'>-</td></tr>"
+        "<tr id='refused-row' hidden><th>Refused connections</th>"
+        "<td id='refused' class='bad'>-</td></tr>"
         "</table>"
         "<p class='actions'><button id='restart'>Restart</button>"
         "<button id='stop' class='secondary'>Stop</button>"

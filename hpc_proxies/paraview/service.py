@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import pwd
 import re
 import secrets
 import signal
@@ -49,6 +50,9 @@ VIEW_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 #: A client that presents a wrong connect-id is refused; after this many refusals the
 #: server is restarted on a new port with a new id, so the id cannot be guessed.
 MAX_REFUSALS = 3
+#: Connections from other users refused by the relay, kept across restarts and new ids
+#: so that the user sees them on the status page.
+REFUSED_KEPT = 20
 TAIL_LINES = 40
 INNER_ADDRESS_LINES = ("Connection URL:", "Accepting connection(s):")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -199,6 +203,8 @@ class PvserverService:
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.user_stopped = False
         self.starts = 0
+        self.refused: deque[netns.Refusal] = deque(maxlen=REFUSED_KEPT)
+        self.refused_total = 0
         self.lock = asyncio.Lock()
         self.views = ensure_private_dir(options.directory / "views")
 
@@ -220,8 +226,26 @@ class PvserverService:
             "rendering": self.options.rendering,
             "display": run.xserver.display if running and run.xserver else None,
             "network": run.network if running else None,
+            "refused": {
+                "total": self.refused_total,
+                "latest": [
+                    {"time": r.when, "uid": r.uid, "user": _user_name(r.uid)}
+                    for r in reversed(self.refused)
+                ],
+            },
             "tail": list(self.tail)[-15:],
         }
+
+    def note_refusal(self, refusal: netns.Refusal) -> None:
+        """The relay refused another user's connection: keep it and say so."""
+        self.refused.append(refusal)
+        self.refused_total += 1
+        who = _user_name(refusal.uid) or "an unknown owner"
+        uid = "" if refusal.uid is None else f" (uid {refusal.uid})"
+        self.log(
+            f"refused a connection from {who}{uid}: only your own processes may "
+            "connect to your pvserver"
+        )
 
     def log(self, line: str) -> None:
         line = ANSI_ESCAPE.sub("", line)
@@ -298,7 +322,9 @@ class PvserverService:
     async def _listening(self, run: Run, port: int) -> None:
         """pvserver listens: clients reach it on ``port``, or through a loopback relay."""
         if run.connector is not None:
-            run.relay = await netns.LoopbackRelay(run.connector, port).start()
+            run.relay = await netns.LoopbackRelay(
+                run.connector, port, on_refusal=self.note_refusal
+            ).start()
             port = run.relay.port
         run.port = port
         self.state, self.message = "running", "Waiting for a client."
@@ -348,6 +374,15 @@ class PvserverService:
     async def restart(self) -> dict:
         await self.stop("Restarting…")
         return await self.ensure_started()
+
+
+def _user_name(uid: int | None) -> str | None:
+    if uid is None:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
 
 
 async def terminate_session(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:

@@ -270,7 +270,9 @@ class LoopbackRelay:
     who owns the connecting socket (:func:`loopback_peer_uid`) and closes it, before a
     byte is forwarded, unless it is ``allowed_uid`` (by default this process's user).
     Another user then cannot even reach the server's handshake, let alone stall it;
-    ``on_refusal`` hears of each attempt."""
+    ``on_refusal`` hears of each attempt. ``on_join`` gets, for each connection let
+    through, an event set when that connection has ended (so the caller can time a
+    handshake)."""
 
     def __init__(
         self,
@@ -278,11 +280,14 @@ class LoopbackRelay:
         inner_port: int,
         allowed_uid: int | None = None,
         on_refusal: Callable[[Refusal], None] | None = None,
+        on_join: Callable[[asyncio.Event], None] | None = None,
     ):
         self.connector = connector
         self.inner_port = inner_port
         self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid
         self.on_refusal = on_refusal
+        self.on_join = on_join
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.port: int | None = None
         self.listener: socket.socket | None = None
         self.accepting: asyncio.Task[None] | None = None
@@ -292,7 +297,8 @@ class LoopbackRelay:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.setblocking(False)
         self.port = self.listener.getsockname()[1]
-        self.accepting = asyncio.get_running_loop().create_task(self._accept())
+        self.loop = asyncio.get_running_loop()
+        self.accepting = self.loop.create_task(self._accept())
         return self
 
     async def close(self) -> None:
@@ -326,20 +332,33 @@ class LoopbackRelay:
                 client.close()  # the client sees its connection closed, as with no server
                 continue
             self.open.update((client, inner))
+            ended = asyncio.Event()
             other = threading.Thread(target=_splice, args=(inner, client), daemon=True)
             other.start()
             threading.Thread(
-                target=self._forward_then_close, args=(client, inner, other), daemon=True
+                target=self._forward_then_close,
+                args=(client, inner, other, ended),
+                daemon=True,
             ).start()
+            if self.on_join is not None:
+                self.on_join(ended)
 
     def _forward_then_close(
-        self, client: socket.socket, inner: socket.socket, other: threading.Thread
+        self,
+        client: socket.socket,
+        inner: socket.socket,
+        other: threading.Thread,
+        ended: asyncio.Event,
     ) -> None:
         _splice(client, inner)
         other.join()
         for sock in (client, inner):
             self.open.discard(sock)
             sock.close()
+        assert self.loop is not None
+        # Once the event loop has closed (the service is gone), nobody waits for this.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(ended.set)
 
 
 def _splice(source: socket.socket, sink: socket.socket) -> None:

@@ -57,6 +57,20 @@ def proc_info(pid: int) -> ProcInfo | None:
     return ProcInfo(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0])
 
 
+def start_time(pid: int) -> float | None:
+    """When ``pid`` started, in seconds since the epoch; None if it is gone. A file that
+    names a pid but is older than the process with that pid was not written by it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode(errors="replace")
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, StopIteration):
+        return None
+    ticks = int(raw[raw.rindex(")") + 2 :].split()[19])
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def all_processes() -> list[ProcInfo]:
     """Every process we can see, skipping ones that vanish while we look."""
     infos = []

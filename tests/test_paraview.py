@@ -434,6 +434,79 @@ def test_a_neighbour_cannot_stall_or_reach_pvserver(shared_jupyter, neighbour, m
     assert wait_for_state(shared_jupyter, "stopped")
 
 
+def test_a_stalled_handshake_of_ones_own_is_timed_out(shared_jupyter):
+    """A connection of the user's own that reaches pvserver and says nothing (a hung
+    client) would hold pvserver's handshake for ever: after HANDSHAKE_TIMEOUT pvserver
+    starts anew, and a connect() waiting behind it gets through, within its deadline."""
+    from hpc_proxies.paraview.service import HANDSHAKE_TIMEOUT
+
+    info = start_pvserver(shared_jupyter)
+    stalls_before = info["stalled_handshakes"]
+    with socket.create_connection(("127.0.0.1", info["port"]), 10) as hung:
+        kernel = PvKernel(shared_jupyter)
+        try:
+            out, err = kernel.run(
+                "import time\nimport hpc_proxies.paraview as pvh\nstarted = time.monotonic()\n"
+                "pvh.connect(timeout=90)\nprint('SECONDS', time.monotonic() - started)"
+            )
+        finally:
+            kernel.stop()
+        hung.settimeout(10)
+        assert hung.recv(1) == b""  # pvserver's restart ended the hung connection
+    assert err is None, err
+    seconds = float(out.split("SECONDS")[1].split()[0])
+    assert HANDSHAKE_TIMEOUT <= seconds < HANDSHAKE_TIMEOUT + 60, seconds
+    now = status(shared_jupyter)
+    assert now["stalled_handshakes"] == stalls_before + 1, now
+    assert "did not finish ParaView's handshake" in shared_jupyter.log()
+    assert wait_for_state(shared_jupyter, "stopped")
+
+
+def test_stale_server_files_do_not_mislead_connect(shared_jupyter):
+    """A killed Jupyter leaves its ``jpserver-*.json`` behind. Beside the live server's
+    own file: one whose process is gone; one whose pid now belongs to another process,
+    younger than the file; and one naming this kernel's own ancestor (the test) with a
+    URL where no Jupyter answers. connect() still finds the live server that started it."""
+    runtime = shared_jupyter.root_dir.parent / "jupyter/runtime"
+    (real,) = runtime.glob("jpserver-*.json")
+    info = json.loads(real.read_text())
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}/"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    reused = subprocess.Popen(["sleep", "600"])
+    stale = {
+        gone.pid: info,
+        reused.pid: {**info, "url": nowhere},
+        os.getpid(): {**info, "url": nowhere},
+    }
+    written = []
+    try:
+        for pid, content in stale.items():
+            path = runtime / f"jpserver-{pid}.json"
+            path.write_text(json.dumps({**content, "pid": pid}))
+            written.append(path)
+        an_hour_ago = time.time() - 3600
+        os.utime(runtime / f"jpserver-{reused.pid}.json", (an_hour_ago, an_hour_ago))
+        kernel = PvKernel(shared_jupyter)
+        try:
+            out, err = kernel.run(
+                "import hpc_proxies.paraview as pvh\nfrom paraview.simple import *\n"
+                "from hpc_proxies.paraview.client import find_jupyter_server\n"
+                "print('URL', find_jupyter_server().url)\npvh.connect()"
+            )
+        finally:
+            kernel.stop()
+    finally:
+        for path in written:
+            path.unlink()
+        reused.kill()
+        reused.wait()
+    assert err is None, err
+    assert f"URL {info['url']}" in out, out
+    assert wait_for_state(shared_jupyter, "stopped")
+
+
 def test_client_leaves_then_connect_again(shared_jupyter):
     """The client leaves (its kernel shuts down), pvserver exits with it, and connect()
     from the next kernel starts a new one, with a new port and id."""

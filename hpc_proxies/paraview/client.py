@@ -83,28 +83,71 @@ def _ancestors() -> list[int]:
     return pids
 
 
-def find_jupyter_server() -> JupyterServer:
-    """The Jupyter server that started this kernel (or the only one running)."""
-    servers = []
+def _server_files() -> list[tuple[Path, dict]]:
+    """The ``jpserver-*.json`` files of the runtime directory that can be read."""
+    found = []
     for path in sorted(_runtime_dir().glob("jpserver-*.json")):
-        with contextlib.suppress(OSError, ValueError):
+        try:
             info = json.loads(path.read_text())
-            if Path(f"/proc/{info['pid']}").exists():
-                servers.append(info)
-    ancestors = _ancestors()
-    mine = [s for s in servers if s["pid"] in ancestors]
-    if not mine and len(servers) == 1:
-        mine = servers
-    if not mine:
-        raise JupyterServerNotFound(
-            f"Found {len(servers)} running Jupyter servers in {_runtime_dir()}, and none "
-            "started this kernel. Run the notebook from JupyterLab, where hpc-proxies is "
-            "installed."
-        )
-    info = mine[0]
+        except (OSError, ValueError):
+            continue  # being written or removed by its server right now
+        if isinstance(info, dict) and isinstance(info.get("pid"), int) and info.get("url"):
+            found.append((path, info))
+    return found
+
+
+def _written_by_its_process(path: Path, info: dict) -> bool:
+    """The file's pid runs, and ran when the file was written: a killed Jupyter leaves
+    its file behind, and its pid may since belong to another process."""
+    started = procs.start_time(info["pid"])
+    try:
+        written = path.stat().st_mtime
+    except OSError:
+        return False
+    return started is not None and started <= written + 1.0
+
+
+def _answers(info: dict) -> bool:
+    """A Jupyter server answers at the file's URL with the file's token."""
+    server = _server_of(info)
+    try:
+        status, _, _ = _request(server, "GET", "api/status", timeout=5)
+    except OSError:
+        return False
+    return status == 200
+
+
+def _server_of(info: dict) -> JupyterServer:
     token = info.get("token") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
     url = info["url"] if info["url"].endswith("/") else info["url"] + "/"
     return JupyterServer(url=url, base_url=info.get("base_url", "/"), token=token)
+
+
+def find_jupyter_server() -> JupyterServer:
+    """The live Jupyter server that started this kernel.
+
+    Its ``jpserver-*.json`` names its pid: the server is this kernel's ancestor, or the
+    process that asked for the kernel (``JPY_PARENT_PID``). Stale files (their process
+    is gone, or the pid now belongs to a process younger than the file) and servers
+    that do not answer are passed over. A kernel started by some other process (a
+    gateway, a test) gets the one live server, if there is exactly one."""
+    parents = set(_ancestors())
+    with contextlib.suppress(ValueError):
+        parents.add(int(os.environ.get("JPY_PARENT_PID", "")))
+    files = _server_files()
+    live = [info for path, info in files if _written_by_its_process(path, info)]
+    mine = [info for info in live if info["pid"] in parents and _answers(info)]
+    if not mine:
+        answering = [info for info in live if _answers(info)]
+        mine = answering if len(answering) == 1 else []
+        if not mine:
+            raise JupyterServerNotFound(
+                f"Found {len(answering)} running Jupyter servers in {_runtime_dir()} (and "
+                f"{len(files) - len(answering)} stale or silent server files), and none "
+                "started this kernel. Run the notebook from JupyterLab, where hpc-proxies "
+                "is installed."
+            )
+    return _server_of(mine[0])
 
 
 def _request(server: JupyterServer, method: str, path: str, timeout: float = 30):
@@ -234,7 +277,9 @@ def _import_simple():
 
 def connect(timeout: float = 120.0):
     """Make sure this user's pvserver runs, connect ``paraview.simple`` to it, and return
-    the connection. Calling it again reuses a live connection, or starts pvserver anew."""
+    the connection. Calling it again reuses a live connection, or starts pvserver anew.
+    It gives up after ``timeout`` seconds, saying what it waited for."""
+    deadline = time.monotonic() + timeout
     _display.ensure()
     simple = _import_simple()
     server = find_jupyter_server()
@@ -252,7 +297,7 @@ def connect(timeout: float = 120.0):
             )
         # Disconnect()ed here, but ParaView keeps the socket (and pvserver) until the
         # last reference to the old connection goes: start a fresh pvserver instead.
-        info = ensure_pvserver(timeout, server, action="restart")
+        info = ensure_pvserver(_left(deadline), server, action="restart")
     if previous is not None and previous is active:
         with contextlib.suppress(RuntimeError):
             simple.Disconnect()
@@ -260,18 +305,38 @@ def connect(timeout: float = 120.0):
     del previous, active
     from paraview.modules.vtkRemotingCore import vtkRemotingCoreConfiguration
 
-    connect_id = int(Path(info["connect_id_file"]).read_text().strip())
-    vtkRemotingCoreConfiguration.GetInstance().SetConnectID(connect_id)
-    connection = simple.Connect("127.0.0.1", info["port"])  # the relay is IPv4 only
-    if connection is None:
-        raise PvserverStartFailed(
-            f"paraview.simple could not connect to pvserver on port {info['port']}.",
-            info.get("tail"),
-        )
+    while True:
+        connect_id = int(Path(info["connect_id_file"]).read_text().strip())
+        vtkRemotingCoreConfiguration.GetInstance().SetConnectID(connect_id)
+        # The relay is IPv4 only; ParaView retries a refused connection until its timeout.
+        connection = simple.Connect("127.0.0.1", info["port"], timeout=int(_left(deadline)))
+        if connection is not None:
+            break
+        # pvserver starts anew when a connection stalls its handshake: try the new one.
+        stalled = info.get("stalled_handshakes", 0)
+        info = ensure_pvserver(_left(deadline), server)
+        if info.get("stalled_handshakes", 0) == stalled or _left(deadline) <= 1:
+            raise PvserverStartFailed(
+                f"paraview.simple could not connect to pvserver on port {info['port']} "
+                f"within {timeout:.0f} s"
+                + (
+                    f"; {info['stalled_handshakes']} connection(s) held pvserver's "
+                    "handshake without finishing it (see the ParaView tile's log)"
+                    if info.get("stalled_handshakes")
+                    else ""
+                )
+                + ".",
+                info.get("tail"),
+            )
     # Render on pvserver, always: the data stays near the server.
     simple.GetSettingsProxy("RenderViewSettings").RemoteRenderThreshold = 0.0
     _session.port, _session.connection = info["port"], weakref.ref(connection)
     return connection
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``, at least one (a last try rather than none)."""
+    return max(1.0, deadline - time.monotonic())
 
 
 def show(view=None, interactive: bool = True):

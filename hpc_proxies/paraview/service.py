@@ -53,6 +53,9 @@ MAX_REFUSALS = 3
 #: Connections from other users refused by the relay, kept across restarts and new ids
 #: so that the user sees them on the status page.
 REFUSED_KEPT = 20
+#: A client let through the relay has this long to finish ParaView's handshake: pvserver
+#: serves one client and waits on the first, so one that stalls would hold everyone.
+HANDSHAKE_TIMEOUT = 15.0
 TAIL_LINES = 40
 INNER_ADDRESS_LINES = ("Connection URL:", "Accepting connection(s):")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -84,6 +87,7 @@ class Run:
     started: float = field(default_factory=time.time)
     port: int | None = None
     connected: bool = False
+    connected_event: asyncio.Event = field(default_factory=asyncio.Event)
     refusals: int = 0
     listening: asyncio.Event = field(default_factory=asyncio.Event)
     follower: asyncio.Task[None] | None = None  # reads its output; cleans up at its exit
@@ -205,6 +209,9 @@ class PvserverService:
         self.starts = 0
         self.refused: deque[netns.Refusal] = deque(maxlen=REFUSED_KEPT)
         self.refused_total = 0
+        self.stalls = 0  # handshakes that timed out
+        #: Held while pvserver is started or stopped, so that each start or stop sees the
+        #: state the previous one left (never a half-stopped run).
         self.lock = asyncio.Lock()
         self.views = ensure_private_dir(options.directory / "views")
 
@@ -226,6 +233,7 @@ class PvserverService:
             "rendering": self.options.rendering,
             "display": run.xserver.display if running and run.xserver else None,
             "network": run.network if running else None,
+            "stalled_handshakes": self.stalls,
             "refused": {
                 "total": self.refused_total,
                 "latest": [
@@ -260,6 +268,9 @@ class PvserverService:
             if self.state not in ("starting", "running") or self.run is None:
                 await self._start()
             run = self.run
+        return await self._until_listening(run)
+
+    async def _until_listening(self, run: Run | None) -> dict:
         if run is None:
             raise StartFailed(self.message)
         try:
@@ -305,6 +316,7 @@ class PvserverService:
                     await self._listening(run, int(words[1]))
                 elif words[:1] == ["connected"] and self.run is run:
                     run.connected = True
+                    run.connected_event.set()
                     self.message = "A client is connected."
                     self.log("client connected")
                 continue
@@ -323,13 +335,39 @@ class PvserverService:
         """pvserver listens: clients reach it on ``port``, or through a loopback relay."""
         if run.connector is not None:
             run.relay = await netns.LoopbackRelay(
-                run.connector, port, on_refusal=self.note_refusal
+                run.connector,
+                port,
+                on_refusal=self.note_refusal,
+                on_join=lambda ended: self._watch_handshake(run, ended),
             ).start()
             port = run.relay.port
         run.port = port
         self.state, self.message = "running", "Waiting for a client."
         run.listening.set()
         self.log(f"listening on port {run.port}, reachable on {run.network}")
+
+    def _watch_handshake(self, run: Run, ended: asyncio.Event) -> None:
+        """A client came through the relay: it must finish the handshake (pvserver says
+        "connected") or leave within HANDSHAKE_TIMEOUT, or pvserver starts anew."""
+        if not run.connected:
+            asyncio.get_running_loop().create_task(self._handshake_deadline(run, ended))
+
+    async def _handshake_deadline(self, run: Run, ended: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(e.wait()) for e in (run.connected_event, ended)]
+        _done, pending = await asyncio.wait(
+            waits, timeout=HANDSHAKE_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        for wait in pending:
+            wait.cancel()
+        if run.connected or ended.is_set() or self.run is not run:
+            return
+        self.log(
+            f"a connection to pvserver did not finish ParaView's handshake within "
+            f"{HANDSHAKE_TIMEOUT:.0f} s and held it; starting pvserver anew"
+        )
+        self.stalls += 1
+        with contextlib.suppress(StartFailed):  # the status says why, to every client
+            await self.restart()
 
     async def _stopped(self, run: Run, code: int) -> None:
         """The one clean-up of a run, however it ended: its relay, X server and files go."""
@@ -359,6 +397,10 @@ class PvserverService:
 
     # ---------------------------------------------------------------- stop
     async def stop(self, message: str = "Stopped from the status page.") -> None:
+        async with self.lock:
+            await self._stop(message)
+
+    async def _stop(self, message: str) -> None:
         run = self.run
         if run is None:
             if self.state in ("starting", "running"):
@@ -372,8 +414,13 @@ class PvserverService:
         self.state, self.message = "stopped", message
 
     async def restart(self) -> dict:
-        await self.stop("Restarting…")
-        return await self.ensure_started()
+        """Stop and start as one step: a start asked for meanwhile waits for it, so it
+        neither starts a second pvserver nor has its own marked stopped."""
+        async with self.lock:
+            await self._stop("Restarting…")
+            await self._start()
+            run = self.run
+        return await self._until_listening(run)
 
 
 def _user_name(uid: int | None) -> str | None:

@@ -1,0 +1,270 @@
+"""A second ordinary user of the node attacks the first user's apps, one attempt a test.
+
+The first user (this test's) runs all five apps behind one Jupyter server: Xpra, VNC,
+TensorBoard, RStudio (the stand-in rserver) and ParaView's pvserver. The neighbour is
+a real account of this machine (the ``neighbour`` fixture), with a shell of its own,
+as on a login node: it can list processes, read world-readable files, and connect to
+anything it can name. Root would bypass file permissions, so every attempt runs as the
+neighbour. docs/security.md lists these attempts as the table of what is refused.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import stat
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import jupyter_with_site
+from processes import cmdline
+from test_paraview import start_pvserver
+from test_rstudio_integration import RSERVER
+
+APPS = ("xpra", "vnc", "tensorboard", "rstudio", "paraview")
+
+
+@pytest.fixture(scope="module")
+def victim(tmp_path_factory):
+    """A Jupyter server with every app running."""
+    tmp = tmp_path_factory.mktemp("victim")
+    logdir = tmp / "runs"
+    logdir.mkdir()
+    toml = f'[apps.rstudio]\nexecutable = "{RSERVER}"\n[apps.tensorboard]\nlogdir = "{logdir}"\n'
+    with jupyter_with_site(tmp, toml) as server:
+        for app in APPS:
+            server.request(f"/{app}/")  # start them all at once
+        for app in APPS:
+            server.wait_for_app(f"/{app}/")
+        start_pvserver(server)
+        yield server
+
+
+def run_as(neighbour, script: str, *args: str) -> dict:
+    """Run ``script`` (Python) as the neighbour; it prints one JSON object."""
+    done = neighbour.run("/usr/bin/python3", "-c", textwrap.dedent(script), *args, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def runtime_dirs(server) -> list[Path]:
+    return [server.runtime_dir(app) for app in APPS]
+
+
+def files_below(directories: list[Path], kind) -> list[Path]:
+    """Every file of ``kind`` (``stat.S_ISSOCK``, ``stat.S_ISREG``) below the directories
+    (read as this test's user, who owns them)."""
+    found = []
+    for directory in directories:
+        for root, _dirs, names in os.walk(directory):
+            for name in names:
+                path = Path(root) / name
+                try:
+                    mode = path.lstat().st_mode
+                except FileNotFoundError:
+                    continue  # a file the app just removed
+                if kind(mode):
+                    found.append(path)
+    return found
+
+
+def secrets_of(server) -> list[str]:
+    """Each app's per-launch secret, and pvserver's connect-id."""
+    names = ("secret", "connect-id")
+    return [
+        p.read_text().strip()
+        for p in files_below(runtime_dirs(server), stat.S_ISREG)
+        if p.name in names
+    ]
+
+
+# ------------------------------------------------------------------ the attempts
+def test_the_neighbour_cannot_read_the_apps_environment(victim, neighbour):
+    pids = sorted(victim.descendants())
+    assert len(pids) >= 10, "every app's processes"
+    result = run_as(
+        neighbour,
+        """
+        import json, sys
+        read = {}
+        for pid in sys.argv[1:]:
+            try:
+                open(f"/proc/{pid}/environ", "rb").read()
+                read[pid] = "read"
+            except OSError as err:
+                read[pid] = type(err).__name__
+        print(json.dumps(read))
+        """,
+        *map(str, pids),
+    )
+    assert set(result.values()) <= {"PermissionError", "FileNotFoundError"}, result
+    assert "PermissionError" in result.values()
+
+
+def test_no_secret_is_in_any_argv_the_neighbour_can_read(victim, neighbour):
+    secrets = secrets_of(victim)
+    assert len(secrets) >= 4, "Xpra, VNC, RStudio and pvserver each have one"
+    seen = run_as(
+        neighbour,
+        """
+        import json, os
+        argv = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv.append(open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace"))
+            except OSError:
+                pass
+        print(json.dumps(argv))
+        """,
+    )
+    ours = {" ".join(cmdline(pid)) for pid in victim.descendants()}
+    assert any("hpc_proxies.launcher" in line for line in ours)
+    assert len(seen) > len(ours)  # the neighbour does see every process's argv
+    for secret in secrets:
+        assert not any(secret in line for line in seen)
+
+
+def test_the_neighbour_cannot_enter_the_runtime_directories(victim, neighbour):
+    dirs = runtime_dirs(victim)
+    for directory in dirs:
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    result = run_as(
+        neighbour,
+        """
+        import json, os, sys
+        out = {}
+        for d in sys.argv[1:]:
+            try:
+                os.listdir(d)
+                out[d] = "listed"
+            except OSError as err:
+                out[d] = type(err).__name__
+        print(json.dumps(out))
+        """,
+        *map(str, dirs),
+    )
+    assert set(result.values()) == {"PermissionError"}, result
+
+
+def test_the_neighbour_cannot_connect_to_any_socket(victim, neighbour):
+    sockets = files_below(runtime_dirs(victim), stat.S_ISSOCK)
+    # Five launch sockets, TensorBoard's control socket, the VNC server's RFB socket and
+    # the pvserver namespace keeper's connector.
+    assert len(sockets) >= 8, sockets
+    result = run_as(
+        neighbour,
+        """
+        import json, socket, sys
+        out = {}
+        for path in sys.argv[1:]:
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(path)
+                out[path] = "connected"
+            except OSError as err:
+                out[path] = type(err).__name__
+            finally:
+                s.close()
+        print(json.dumps(out))
+        """,
+        *map(str, sockets),
+    )
+    assert set(result.values()) == {"PermissionError"}, result
+
+
+def test_the_neighbour_cannot_read_a_secret_file(victim, neighbour):
+    private = files_below(runtime_dirs(victim), stat.S_ISREG)
+    secret_files = [p for p in private if p.name in ("secret", "connect-id", "Xauthority")]
+    assert len(secret_files) >= 6, secret_files
+    for path in secret_files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    result = run_as(
+        neighbour,
+        """
+        import json, sys
+        out = {}
+        for path in sys.argv[1:]:
+            try:
+                open(path, "rb").read()
+                out[path] = "read"
+            except OSError as err:
+                out[path] = type(err).__name__
+        print(json.dumps(out))
+        """,
+        *map(str, secret_files),
+    )
+    assert set(result.values()) == {"PermissionError"}, result
+
+
+def x_displays(server) -> set[str]:
+    """The X displays the apps' processes use (their ``DISPLAY``)."""
+    displays = set()
+    for pid in server.descendants():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(b"DISPLAY=:"):
+                displays.add(item.split(b"=", 1)[1].decode())
+    return displays
+
+
+def test_the_neighbour_cannot_open_an_x_display(victim, neighbour):
+    displays = x_displays(victim)
+    assert len(displays) >= 3, displays  # Xpra's, VNC's and pvserver's
+    for display in sorted(displays):
+        for target in (display, "127.0.0.1" + display):
+            done = neighbour.run("xdpyinfo", "-display", target)
+            assert done.returncode != 0, (target, done.stdout[:200])
+
+
+#: Paths a browser of the neighbour's (no token, no cookie) might try, ``..`` forms too.
+PROBES = [
+    ("GET", "/xpra/"),
+    ("GET", "/xpra/index.html"),
+    ("GET", "/vnc/"),
+    ("GET", "/vnc/vnc.html"),
+    ("GET", "/tensorboard/"),
+    ("GET", "/tensorboard/?logdir=/"),
+    ("GET", "/rstudio/"),
+    ("GET", "/paraview/"),
+    ("GET", "/paraview/api/status"),
+    ("POST", "/paraview/api/stop"),
+    ("GET", "/xpra/../api/contents"),
+    ("GET", "/xpra/%2e%2e/api/contents"),
+    ("GET", "/xpra/%2e%2e/%2e%2e/api/status"),
+    ("GET", "/server-proxy/servers-info"),
+]
+
+
+def test_no_jupyter_url_answers_without_the_token(victim, neighbour):
+    result = run_as(
+        neighbour,
+        """
+        import http.client, json, sys
+        port, probes = int(sys.argv[1]), json.loads(sys.argv[2])
+        out = []
+        for method, path in probes:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request(method, path)
+            resp = conn.getresponse()
+            out.append([method, path, resp.status, resp.read(4000).decode(errors="replace")])
+            conn.close()
+        print(json.dumps(out))
+        """,
+        str(victim.port),
+        json.dumps(PROBES),
+    )
+    for method, path, status, body in result:
+        assert status in (302, 403), (method, path, status, body[:300])
+        for leak in ("xpra websockets client", "noVNC", "TensorBoard", "RStudio", "pvserver"):
+            assert leak not in body, (method, path, body[:300])
+    # Everything still runs for its owner.
+    for app in APPS:
+        assert victim.request(f"/{app}/").status < 500
+    conn = http.client.HTTPConnection("127.0.0.1", victim.port, timeout=30)
+    conn.request("GET", "/paraview/api/status", headers={"Authorization": f"token {victim.token}"})
+    assert json.loads(conn.getresponse().read())["state"] == "running"

@@ -21,7 +21,9 @@ those gaps in one place, and stays up for as long as the Jupyter server does:
   request chose and relaunched when a request chooses another; a bad value gets a page.
   While the app runs, its requests do not reach this process, so the Jupyter server
   passes such a choice on through a control socket beside the launch socket
-  (``hpc_proxies.serverproxy``), one JSON line each way.
+  (``hpc_proxies.serverproxy``), one JSON line each way. A new value relaunches the
+  app only if the request cannot come from another web site (``request_origin``);
+  otherwise the user gets a page that asks first.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ APP_SOCKET = "app.sock"
 CONTROL_SOCKET = "control"
 TAIL_LINES = 40
 READY_POLL = 0.05
+#: The origins (``request_origin``) whose new URL parameters relaunch an app at once;
+#: no page on another site can make a request that has one of them.
+MAY_RELAUNCH = frozenset({"same-origin", "none", "token", "confirmed"})
 
 
 @dataclass
@@ -553,9 +558,9 @@ class Launcher:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             method, headers = parse_head(head)
             probe = pages.PROBE_HEADER.lower() in headers
-            page = None
+            result, page = "same", None
             if not probe and self.app.parameters:
-                page = (await self.choose(request_query(head)))[1]
+                result, page = await self.choose(request_query(head), request_origin(headers))
             if page is not None:
                 status, content_type, body = page
             else:
@@ -572,6 +577,8 @@ class Launcher:
             ]
             if status in (202, 503):
                 response.append("Retry-After: 1")
+            if result == "confirm":
+                response.append(": ".join(pages.FRAME_POLICY))
             writer.write(("\r\n".join(response) + "\r\n\r\n").encode())
             if method != "HEAD":
                 writer.write(body)
@@ -584,10 +591,13 @@ class Launcher:
             writer.close()
 
     async def choose(
-        self, query: dict[str, list[str]]
+        self, query: dict[str, list[str]], origin: str
     ) -> tuple[str, tuple[int, str, bytes] | None]:
         """Apply the app's parameters in a request's query: "same" (nothing changes),
-        "switching" (the app is relaunched with them), or "error" with a page."""
+        "switching" (the app is relaunched with them), "error" with a page, or "confirm"
+        with a page that asks the user first: a new value from a request whose
+        ``origin`` is not in ``MAY_RELAUNCH`` (a link on another site) changes nothing,
+        so such a link can neither restart the app nor pick what it starts with."""
         resolved = {}
         for param in self.app.parameters:
             if not query.get(param.name):
@@ -609,12 +619,35 @@ class Launcher:
             return "same", None
         wanted = {**self.current, **self.chosen}  # what the app runs or is about to run with
         changed = {k: v for k, v in resolved.items() if wanted.get(k) != v}
+        if changed and origin not in MAY_RELAUNCH:
+            self.log(
+                "asking the user to confirm "
+                + ", ".join(f"{k}={v}" for k, v in changed.items())
+                + f" (request: {origin})"
+            )
+            return "confirm", (409, "text/html; charset=utf-8", self.confirmation(changed, wanted))
         self.chosen.update(resolved)
         if not changed or self.state not in ("starting", "running"):
             return "same", None
-        self.log("relaunching with " + ", ".join(f"{k}={v}" for k, v in changed.items()))
+        self.log(
+            "relaunching with "
+            + ", ".join(f"{k}={v}" for k, v in changed.items())
+            + f" (request: {origin})"
+        )
         await self.restart()
         return "switching", None
+
+    def confirmation(self, changed: Mapping[str, str], wanted: Mapping[str, str]) -> bytes:
+        """The page that asks before ``changed`` values relaunch the app; ``wanted`` are
+        the values it runs (or is about to run) with."""
+        labels = {param.name: param.label for param in self.app.parameters}
+        html = pages.confirm_page(
+            self.title,
+            [(labels[name], value, wanted.get(name, "")) for name, value in changed.items()],
+            keep_url=self.prefix,
+            running=self.state in ("starting", "running"),
+        )
+        return html.encode()
 
     async def restart(self) -> None:
         """Stop the app now and start it again: the socket is ours again before this
@@ -632,20 +665,22 @@ class Launcher:
     async def handle_control(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        """One request from the Jupyter server: ``{"params": {...}}`` in, the result of
-        :meth:`choose` out (with the page, for an error), each as one JSON line."""
+        """One request from the Jupyter server: ``{"params": {...}, "origin": ...}`` in
+        (``origin`` is ``request_origin`` of the browser's request; without it, the
+        request counts as one from another site), the result of :meth:`choose` out (with
+        the page and our state, for "error" and "confirm"), each as one JSON line."""
         try:
             request = json.loads(await asyncio.wait_for(reader.readline(), 5))
             params = request["params"]
             query = {str(k): [str(v)] for k, v in params.items()}
-            result, page = await self.choose(query)
+            result, page = await self.choose(query, str(request.get("origin", "unknown")))
             reply: dict[str, object] = {"result": result}
             if page is not None:
-                reply.update(status=page[0], page=page[2].decode())
+                reply.update(status=page[0], page=page[2].decode(), state=self.state)
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass  # not a request of ours
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            self.log(f"ignored a control request that is not ours ({type(err).__name__})")
         except (asyncio.TimeoutError, ConnectionError):
             pass
         finally:
@@ -786,6 +821,26 @@ def parse_head(head: bytes) -> tuple[str, dict[str, str]]:
         if sep:
             headers[name.strip().lower()] = value.strip()
     return method, headers
+
+
+def request_origin(headers: Mapping[str, str]) -> str:
+    """Where a request that chooses URL parameters comes from, as far as relaunching the
+    app goes (``MAY_RELAUNCH``): "token" (``Authorization: token …`` or ``Bearer``, from
+    scripts), "confirmed" (our confirmation page's ``CONFIRM_HEADER``), else the
+    browser's ``Sec-Fetch-Site`` ("same-origin", "none" for the address bar or a
+    bookmark, "same-site", "cross-site"), or "unknown" without one (an old browser, a
+    client with only the cookie). A page on another site can add neither header to a
+    request that carries the user's cookie (that needs a CORS preflight, which Jupyter's
+    login refuses), and browsers set ``Sec-Fetch-Site`` themselves. (A ``Basic`` login
+    counts for nothing: browsers add a cached one to links from any site.) ``headers``:
+    lower-case names, or case-insensitive (tornado's)."""
+    scheme = headers.get("authorization", "").strip().split(" ", 1)[0].lower()
+    if scheme in ("token", "bearer"):
+        return "token"
+    if headers.get(pages.CONFIRM_HEADER.lower()):
+        return "confirmed"
+    site = headers.get("sec-fetch-site", "").strip().lower()
+    return site if site in ("same-origin", "none", "same-site", "cross-site") else "unknown"
 
 
 def request_query(head: bytes) -> dict[str, list[str]]:

@@ -15,6 +15,12 @@ from html import escape
 STATE_HEADER = "X-HPC-Proxies-State"
 #: Request header the progress page sends when it only wants the state, as JSON.
 PROBE_HEADER = "X-HPC-Proxies-Probe"
+#: Request header the confirmation page's button sends: no page on another site can add
+#: it to a request that carries the user's login (see ``launcher.request_origin``).
+CONFIRM_HEADER = "X-HPC-Proxies-Confirm"
+#: Response header of the confirmation page: no other site may frame it and trick a
+#: click on its button (proxied pages lose Jupyter's own ``frame-ancestors``).
+FRAME_POLICY = ("Content-Security-Policy", "frame-ancestors 'self'")
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
@@ -38,6 +44,7 @@ button { font-size: 1rem; padding: .5rem 1.2rem; border-radius: 4px; border: 1px
 .secondary { background: #fff; color: #1f1f1f; }
 button:disabled { opacity: .5; cursor: default; }
 table.facts th { text-align: left; padding: .2rem 1.5rem .2rem 0; color: #666; font-weight: 500; }
+table.values th { white-space: nowrap; vertical-align: top; }
 .state.running { color: #1b7a2f; } .state.failed { color: #b00020; }
 h2 { font-size: 1.1rem; margin-top: 2rem; }
 @keyframes spin { to { transform: rotate(360deg); } }
@@ -127,6 +134,63 @@ def error_page(
     if actions:
         parts.append("<p class='actions'>" + " ".join(actions) + "</p>")
     return document(f"{title}: {heading}", "".join(parts))
+
+
+def confirm_page(
+    title: str, changes: list[tuple[str, str, str]], keep_url: str, running: bool
+) -> str:
+    """The question asked before a request that may come from another site relaunches an
+    app with other URL parameters. ``changes`` are (label, new value, current value or
+    ""). The button asks again from this page, with ``CONFIRM_HEADER``, then reloads
+    (the app is then relaunched); the link goes back to the app as it is."""
+    if len(changes) == 1:
+        label, value, _ = changes[0]
+        heading, action, shown = f"Open {title} on {value}?", f"Open this {label}", "value"
+    else:
+        heading, action = f"Relaunch {title} with other values?", f"Relaunch {title}"
+        shown = "values"
+    rows = "".join(
+        f"<tr><th>{escape(label)}</th><td><code>{escape(value)}</code></td></tr>"
+        + (
+            f"<tr class='muted'><th>now</th><td><code>{escape(current)}</code></td></tr>"
+            if current
+            else ""
+        )
+        for label, value, current in changes
+    )
+    effect = (
+        f"Opening it restarts {escape(title)}, which is running now."
+        if running
+        else f"{escape(title)} starts with it."
+    )
+    script = f"""
+<script>
+(function () {{
+  const button = document.getElementById('confirm');
+  button.addEventListener('click', async function () {{
+    button.disabled = true;
+    try {{
+      await fetch(location.href, {{headers: {{'{CONFIRM_HEADER}': '1'}}, cache: 'no-store',
+                                  credentials: 'same-origin'}});
+    }} catch (e) {{
+      console.error(e);  // the reload below shows whatever the server says now
+    }}
+    location.replace(location.href);
+  }});
+}})();
+</script>"""
+    body = (
+        f"<h1>{escape(heading)}</h1>"
+        f"<table class='facts values'>{rows}</table>"
+        f"<p>This address asks to relaunch {escape(title)} with the {shown} shown. The "
+        f"request did not come from {escape(title)}'s own pages (it may come from a link "
+        "on another web site), so nothing changes until you confirm it here.</p>"
+        f"<p class='muted'>{effect}</p>"
+        f"<p class='actions'><button id='confirm' type='button'>{escape(action)}</button> "
+        f"<a id='keep' href='{escape(keep_url)}'>Keep {escape(title)} as it is</a></p>"
+        f"{script}"
+    )
+    return document(heading, body)
 
 
 def status_json(**info: object) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from . import config, pages
-from .launcher import APP_DIR, CONTROL_SOCKET
+from .launcher import APP_DIR, CONTROL_SOCKET, request_origin
 from .runtime import SECRET_FILE, read_secret
 from .spec import AppSpec
 
@@ -154,8 +154,16 @@ def ask_launcher(control: Path, message: dict, timeout: float = CONTROL_TIMEOUT)
 
 
 def _replace_body(response, code: int, body: bytes, content_type: str | None) -> None:
-    """Give ``response`` a new status and body, without the app's caching and encoding."""
-    for header in ("Content-Encoding", "Content-Type", "ETag", "Last-Modified", "Expires"):
+    """Give ``response`` a new status and body, without the app's caching, encoding and
+    content policy (which would block the new page's own script)."""
+    for header in (
+        "Content-Encoding",
+        "Content-Type",
+        "ETag",
+        "Last-Modified",
+        "Expires",
+        "Content-Security-Policy",
+    ):
         if header in response.headers:
             del response.headers[header]
     if content_type:
@@ -275,9 +283,10 @@ def server_process(app: AppSpec, site: config.SiteConfig | None = None) -> dict:
 
         def pass_parameters_on(request, response, path):
             """A URL parameter chosen while the app runs (``?logdir=DIR``) goes to the
-            launcher: the app is relaunched with it and this request is sent to its own
-            URL again (where the progress page now answers), or a page says what is
-            wrong with it while the app keeps running."""
+            launcher, with where the request came from (``request_origin``): the app is
+            relaunched with it and this request is sent to its own URL again (where the
+            progress page now answers); or, while the app keeps running, a page says what
+            is wrong with it, or asks the user first (a link from another site)."""
             if request.method != "GET" or path not in app.html_paths:
                 return
             if pages.STATE_HEADER in response.headers:
@@ -287,18 +296,25 @@ def server_process(app: AppSpec, site: config.SiteConfig | None = None) -> dict:
             control = launch_dir.control()
             if not wanted or control is None:
                 return
-            reply = ask_launcher(control, {"params": wanted})
+            reply = ask_launcher(
+                control, {"params": wanted, "origin": request_origin(request.headers)}
+            )
             if reply is None:
                 log.warning("%s: the launcher did not take the URL parameters", app.name)
-            elif reply.get("result") == "switching":
+                return
+            result = reply.get("result")
+            if result == "switching":
                 _replace_body(response, 303, b"", None)
                 response.headers["Location"] = "?" + request.query
-            elif reply.get("result") == "error":
+            elif result in ("error", "confirm"):
                 page = str(reply.get("page", "")).encode()
                 _replace_body(
                     response, int(reply.get("status", 404)), page, "text/html; charset=utf-8"
                 )
-                response.headers[pages.STATE_HEADER] = "failed"
+                state = "failed" if result == "error" else str(reply.get("state", "running"))
+                response.headers[pages.STATE_HEADER] = state
+                if result == "confirm":
+                    response.headers[pages.FRAME_POLICY[0]] = pages.FRAME_POLICY[1]
 
         rewrites.append(pass_parameters_on)
 

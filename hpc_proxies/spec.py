@@ -51,7 +51,10 @@ class Flag:
 @dataclass(frozen=True)
 class Parameter:
     """A value the user chooses in the app's URL (``/app/?name=value``), e.g. which
-    directory TensorBoard shows: a new value relaunches the app with it.
+    directory TensorBoard shows: a new value relaunches the app with it. The core decides
+    who may do that, for every parameter: a request that may come from another web site
+    gets a page that asks first ("Open <title> on <value>?", with ``label``), so a link
+    cannot restart the app (``launcher.request_origin``).
 
     ``default(settings)`` is used when no URL has chosen one; ``resolve(value)`` turns a
     value into the one the app gets, or raises ``ValueError`` with a message for the

@@ -16,10 +16,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from tornado.httputil import HTTPHeaders
 
 from hpc_proxies import pages
 from hpc_proxies.executables import python_of, resolve, supported_flags
-from hpc_proxies.launcher import CONTROL_SOCKET, Launcher
+from hpc_proxies.launcher import CONTROL_SOCKET, MAY_RELAUNCH, Launcher, request_origin
 from hpc_proxies.rstudio import APP as RSTUDIO
 from hpc_proxies.runtime import ensure_private_dir, existing_directory
 from hpc_proxies.serverproxy import redirect_to_this_host, server_process
@@ -146,12 +147,20 @@ def test_the_redirect_rewrite_is_in_the_server_dict():
 
 
 # ---------------------------------------------------------------- URL parameters
-def demo_app(tmp_path: Path) -> AppSpec:
+SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin"}
+#: Waits until the file in $0 exists, then runs the rest: a start that stays "starting"
+#: for as long as a test wants.
+GATE = 'while [ ! -e "$0" ]; do sleep 0.02; done; exec "$@"'
+
+
+def demo_app(tmp_path: Path, gate: Path | None = None) -> AppSpec:
+    """The echo app with a ``dir`` parameter; with ``gate``, each start waits for it."""
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
 
     def command(launch):
-        return [sys.executable, "-c", ECHO_APP, str(launch.socket), launch.params["dir"]]
+        argv = [sys.executable, "-c", ECHO_APP, str(launch.socket), launch.params["dir"]]
+        return ["sh", "-c", GATE, str(gate), *argv] if gate else argv
 
     return AppSpec(
         name="demo",
@@ -170,9 +179,12 @@ def demo_app(tmp_path: Path) -> AppSpec:
     )
 
 
-async def get(socket_path: Path, target: str, probe: bool = False) -> tuple[int, dict, str]:
+async def get(
+    socket_path: Path, target: str, probe: bool = False, headers: dict[str, str] | None = None
+) -> tuple[int, dict, str]:
     reader, writer = await asyncio.open_unix_connection(str(socket_path))
     extra = f"{pages.PROBE_HEADER}: 1\r\n" if probe else ""
+    extra += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     writer.write(f"GET {target} HTTP/1.0\r\nHost: x\r\n{extra}\r\n".encode())
     raw = await reader.read()
     writer.close()
@@ -217,7 +229,8 @@ async def test_a_url_parameter_starts_relaunches_and_refuses_bad_values(tmp_path
         # While the app runs, the Jupyter side passes a choice on: the socket is the
         # launcher's again by the time the answer comes, then the app has the new value.
         old_pid = launcher.proc.pid
-        assert await control(runtime, {"params": {"dir": "two"}}) == {"result": "switching"}
+        switch = {"params": {"dir": "two"}, "origin": "same-origin"}
+        assert await control(runtime, switch) == {"result": "switching"}
         status, headers, _ = await get(sock, "/?dir=two")
         assert status == 202 and headers[pages.STATE_HEADER] == "starting"
         await wait_for_value(sock, str(tmp_path / "two"))
@@ -248,9 +261,130 @@ async def test_a_url_parameter_starts_relaunches_and_refuses_bad_values(tmp_path
         status, headers, body = await get(sock, "/?dir=nope")
         assert status == 404 and "nope does not exist" in body
         assert launcher.state == "stopped", "a bad value starts nothing"
-        status, headers, _ = await get(sock, "/?dir=one")
+        status, headers, _ = await get(sock, "/?dir=one", headers=SAME_ORIGIN)
         assert status == 202
         await wait_for_value(sock, str(tmp_path / "one"))
+    finally:
+        launcher.request_shutdown(signal.SIGTERM)
+        await asyncio.wait_for(task, 15)
+    assert not runtime.exists()
+
+
+@pytest.mark.parametrize(
+    ("headers", "origin"),
+    [
+        ({"Sec-Fetch-Site": "same-origin"}, "same-origin"),
+        ({"sec-fetch-site": "none"}, "none"),  # the address bar, a bookmark
+        ({"Sec-Fetch-Site": "cross-site"}, "cross-site"),
+        ({"Sec-Fetch-Site": "same-site"}, "same-site"),
+        ({"Sec-Fetch-Site": "whatever"}, "unknown"),
+        ({}, "unknown"),  # an old browser, or a client with only the cookie
+        ({"Authorization": "token abc", "Sec-Fetch-Site": "cross-site"}, "token"),
+        ({"Authorization": "Bearer abc"}, "token"),
+        ({"Authorization": "Basic YTpi", "Sec-Fetch-Site": "cross-site"}, "cross-site"),
+        ({pages.CONFIRM_HEADER: "1", "Sec-Fetch-Site": "cross-site"}, "confirmed"),
+    ],
+)
+def test_request_origin_trusts_only_what_another_site_cannot_send(headers, origin):
+    lower = {name.lower(): value for name, value in headers.items()}
+    assert request_origin(lower) == origin
+    assert request_origin(HTTPHeaders(headers)) == origin, "tornado's headers, as Jupyter has"
+    assert (origin in MAY_RELAUNCH) == (origin in ("same-origin", "none", "token", "confirmed"))
+
+
+def test_the_confirmation_page_names_the_values_escaped_and_asks_from_our_origin():
+    html = pages.confirm_page(
+        "Demo App", [("data directory", "/d/<b>two", "/d/one&")], "/demo/", running=True
+    )
+    assert "<title>Open Demo App on /d/&lt;b&gt;two?</title>" in html
+    assert "<h1>Open Demo App on /d/&lt;b&gt;two?</h1>" in html
+    assert "<th>data directory</th><td><code>/d/&lt;b&gt;two</code></td>" in html
+    assert "<th>now</th><td><code>/d/one&amp;</code></td>" in html and "<b>" not in html
+    assert "<button id='confirm' type='button'>Open this data directory</button>" in html
+    assert f"headers: {{'{pages.CONFIRM_HEADER}': '1'}}" in html
+    assert "<a id='keep' href='/demo/'>Keep Demo App as it is</a>" in html
+    assert "restarts Demo App" in html
+    several = pages.confirm_page(
+        "Demo App", [("a", "1", ""), ("b", "2", "3")], "/demo/", running=False
+    )
+    assert "<h1>Relaunch Demo App with other values?</h1>" in several
+    assert "<th>a</th><td><code>1</code></td></tr><tr><th>b</th>" in several, "no 'now' row"
+    assert "Demo App starts with it." in several
+
+
+async def test_a_new_value_from_another_site_is_asked_for_and_changes_nothing(tmp_path):
+    """Both ways a value reaches the launcher: from the Jupyter side while the app runs
+    (the control socket, with the request's origin), and as a request on the launch
+    socket while the app starts or is stopped. A link from another site gets the page
+    that asks; the app and its start under way go on untouched."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    runtime = ensure_private_dir(tmp_path / "run")
+    launcher = Launcher(demo_app(tmp_path, gate), runtime / "socket", "/demo/", None)
+    task = asyncio.create_task(launcher.run())
+    sock = runtime / "socket"
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    try:
+        for _ in range(100):
+            if (runtime / CONTROL_SOCKET).exists():
+                break
+            await asyncio.sleep(0.02)
+        await wait_for_value(sock, one)
+        running = launcher.proc.pid
+
+        # While the app runs: the Jupyter side passes the origin on (none: "unknown").
+        for origin in ("cross-site", "same-site", "unknown", None):
+            message = {"params": {"dir": "two"}} | ({"origin": origin} if origin else {})
+            reply = await control(runtime, message)
+            assert reply["result"] == "confirm" and reply["status"] == 409, reply
+            assert reply["state"] == "running"
+            assert f"<h1>Open Demo App on {two}?</h1>" in reply["page"]
+            assert f"<th>now</th><td><code>{one}</code></td>" in reply["page"]
+            assert "restarts Demo App, which is running now" in reply["page"]
+            assert launcher.state == "running" and launcher.proc.pid == running
+            assert launcher.chosen == {} and launcher.generation == 1
+        await wait_for_value(sock, one)
+        # The value it runs with already: nothing to ask.
+        same = await control(runtime, {"params": {"dir": one}, "origin": "cross-site"})
+        assert same == {"result": "same"}
+
+        # A start under way (held at the gate) is not overtaken by a link either.
+        gate.unlink()
+        switch = {"params": {"dir": "two"}, "origin": "confirmed"}
+        assert await control(runtime, switch) == {"result": "switching"}
+        assert launcher.state == "starting"
+        for _ in range(200):  # the old app is stopped first, then the new one starts
+            if launcher.proc is not None and launcher.proc.pid != running:
+                break
+            await asyncio.sleep(0.05)
+        starting, generation = launcher.proc.pid, launcher.generation
+        for headers in ({"Sec-Fetch-Site": "cross-site"}, {}):
+            status, got, body = await get(sock, "/?dir=one", headers=headers)
+            assert status == 409 and got[pages.STATE_HEADER] == "starting", (status, body)
+            assert got["Content-Security-Policy"] == "frame-ancestors 'self'"
+            assert got["Cache-Control"] == "no-store"
+            assert f"<h1>Open Demo App on {one}?</h1>" in body
+            assert f"<th>now</th><td><code>{two}</code></td>" in body
+            assert (launcher.proc.pid, launcher.generation) == (starting, generation)
+        gate.touch()
+        await wait_for_value(sock, two)
+        assert launcher.proc.pid == starting
+
+        # Stopped: a link's value neither starts the app nor is kept for the next start.
+        os.kill(launcher.proc.pid, signal.SIGKILL)
+        for _ in range(100):
+            if launcher.state == "stopped" and launcher.server is not None:
+                break
+            await asyncio.sleep(0.05)
+        status, got, body = await get(sock, "/?dir=one", headers={"Sec-Fetch-Site": "cross-site"})
+        assert status == 409 and got[pages.STATE_HEADER] == "stopped", (status, body)
+        assert "Demo App starts with it." in body
+        assert launcher.state == "stopped" and launcher.proc is None
+        assert launcher.chosen == {"dir": two}
+        # Our own page asks again (its button): that starts it with the value.
+        status, got, _ = await get(sock, "/?dir=one", headers={pages.CONFIRM_HEADER: "1"})
+        assert status == 202 and got[pages.STATE_HEADER] == "starting"
+        await wait_for_value(sock, one)
     finally:
         launcher.request_shutdown(signal.SIGTERM)
         await asyncio.wait_for(task, 15)

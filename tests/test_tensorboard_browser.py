@@ -7,16 +7,24 @@ Then the user switches the run directory from the browser, without a terminal: t
 the address bar (``?logdir=``), which relaunches TensorBoard on the other runs, and,
 after a directory that does not exist, through the form on the page that says so.
 
-Screenshots: ``ARTIFACTS/tensorboard-<step>.png`` (``…-failure-<n>.png`` on failure).
+A link to ``?logdir=`` on another site (a page on ``localhost`` while Jupyter is on
+``127.0.0.1``) gets a page that asks first, whose button relaunches TensorBoard and whose
+link leaves it as it is.
+
+Screenshots: ``ARTIFACTS/tensorboard-<step>.png`` and
+``ARTIFACTS/tensorboard_cross_site-<step>.png`` (``…-failure-<n>.png`` on failure).
 """
 
 from __future__ import annotations
 
 import io
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from html import escape
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
@@ -26,6 +34,7 @@ from playwright.sync_api import BrowserContext, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from tb_events import write_experiments
+from test_tensorboard_integration import tensorboard_pid
 from test_xpra_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, Box, log_tail, rgb
 
 from hpc_proxies import pages
@@ -97,10 +106,11 @@ class Browser:
     context: BrowserContext
     lab: Page
     responses: list[tuple[str, int, dict]] = field(default_factory=list)
+    prefix: str = "tensorboard"
 
     def shot(self, page: Page, step: str) -> Image.Image:
         png = page.screenshot()
-        (ARTIFACTS / f"tensorboard-{step}.png").write_bytes(png)
+        (ARTIFACTS / f"{self.prefix}-{step}.png").write_bytes(png)
         return Image.open(io.BytesIO(png)).convert("RGB")
 
     def until(self, what: str, check: Callable, page: Page, timeout: float = TIMEOUT):
@@ -144,21 +154,23 @@ def evaluate(page: Page, expression: str, arg: object = None) -> object:
 
 
 @contextmanager
-def tensorboard_browser(jupyter) -> Iterator[Browser]:
-    for stale in ARTIFACTS.glob("tensorboard-*.png"):
+def tensorboard_browser(jupyter, prefix: str = "tensorboard") -> Iterator[Browser]:
+    """Chromium logged in to ``jupyter`` (its cookie, from ``?token=``); screenshots are
+    ``ARTIFACTS/<prefix>-<step>.png``."""
+    for stale in ARTIFACTS.glob(f"{prefix}-*.png"):
         stale.unlink()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = chromium.new_context(viewport=VIEWPORT)
-        b = Browser(jupyter, context, lab=None)  # type: ignore[arg-type]
+        b = Browser(jupyter, context, lab=None, prefix=prefix)  # type: ignore[arg-type]
         context.on("response", lambda r: b.responses.append((r.url, r.status, dict(r.headers))))
         try:
             b.lab = context.new_page()
             b.lab.goto(f"{jupyter.url}/lab?token={jupyter.token}")
             yield b
         except BaseException:
-            screenshot_every_tab(context, "tensorboard-failure")
+            screenshot_every_tab(context, f"{prefix}-failure")
             raise
         finally:
             context.close()
@@ -238,3 +250,87 @@ def test_tile_draws_the_charts_and_the_logdir_is_switched_from_the_browser(jupyt
         b.until("only the first run's card", lambda: evaluate(tab, TAGS_JS) == ["loss"], tab)
         assert "run_a" in tab.inner_text("body") and "run_b" not in tab.inner_text("body")
         assert urlsplit(tab.url).query == "logdir=experiments%2Fexp1", tab.url
+
+
+@contextmanager
+def another_site(link: str) -> Iterator[str]:
+    """A page on another site (``localhost``; Jupyter is on ``127.0.0.1``, and different
+    hosts are different sites) with one link, ``#link``, to ``link``; its URL."""
+    page = (
+        "<!DOCTYPE html><html><head><title>Another site</title></head><body>"
+        f"<h1>Another site</h1><p><a id='link' href='{escape(link)}'>a link</a></p>"
+        "</body></html>"
+    ).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            """Quiet: the test output is for the test."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def follow_the_link(b: Browser, tab: Page, site: str, step: str) -> None:
+    """On the other site, click its link; the browser says so (``Sec-Fetch-Site``) and
+    the confirmation page is shown."""
+    tab.goto(site)
+    with tab.expect_request(lambda r: "/tensorboard/?logdir=" in r.url) as sent:
+        tab.click("#link")
+    assert sent.value.all_headers().get("sec-fetch-site") == "cross-site", sent.value.headers
+    tab.locator("#confirm").wait_for(state="visible", timeout=TIMEOUT * 1000)
+    b.shot(tab, step)
+
+
+def test_a_link_on_another_site_asks_before_tensorboard_is_relaunched(jupyter):
+    write_experiments(jupyter.root_dir)
+    exp2 = jupyter.root_dir / "experiments" / "exp2"
+    link = f"{jupyter.url}/tensorboard/?logdir=experiments/exp2"
+    with another_site(link) as site, tensorboard_browser(jupyter, "tensorboard_cross_site") as b:
+        tab = b.context.new_page()
+        tab.goto(f"{jupyter.url}/tensorboard/")
+        b.chart(tab, "loss", "before")
+        both = ["accuracy", "loss"]
+        b.until("both runs' cards", lambda: sorted(evaluate(tab, TAGS_JS) or []) == both, tab)
+        running = tensorboard_pid(jupyter)
+
+        # The link: a page that asks; TensorBoard runs on, on the same runs.
+        mark = len(jupyter.log())
+        follow_the_link(b, tab, site, "confirm")
+        assert tab.inner_text("h1") == f"Open TensorBoard on {exp2}?"
+        assert urlsplit(tab.url).query == "logdir=experiments/exp2", tab.url
+        since = jupyter.log()[mark:]
+        assert f"asking the user to confirm logdir={exp2} (request: cross-site)" in since
+        assert "relaunching with" not in since
+        assert tensorboard_pid(jupyter) == running
+
+        # "Keep TensorBoard as it is": back to the same TensorBoard, nothing relaunched.
+        tab.click("#keep")
+        b.chart(tab, "loss", "kept")
+        b.until("both runs' cards", lambda: sorted(evaluate(tab, TAGS_JS) or []) == both, tab)
+        assert urlsplit(tab.url).path == "/tensorboard/" and not urlsplit(tab.url).query
+        assert "relaunching with" not in jupyter.log()[mark:]
+        assert tensorboard_pid(jupyter) == running
+
+        # The link again, and this time the button: TensorBoard on the other runs.
+        follow_the_link(b, tab, site, "confirm-again")
+        tab.click("#confirm")
+        accuracy = b.chart(tab, "accuracy", "confirmed")
+        assert accuracy.rises, accuracy
+        b.until("only the other run's card", lambda: evaluate(tab, TAGS_JS) == ["accuracy"], tab)
+        assert "run_b" in tab.inner_text("body") and "run_a" not in tab.inner_text("body")
+        assert urlsplit(tab.url).query == "logdir=experiments/exp2", tab.url
+        assert f"relaunching with logdir={exp2} (request: confirmed)" in jupyter.log()[mark:]
+        assert tensorboard_pid(jupyter) != running

@@ -3,7 +3,9 @@ event files, real sockets, the logdir switched through the URL."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import re
 import signal
 import socket
@@ -112,6 +114,138 @@ def test_the_logdir_is_switched_through_the_url(shared_jupyter, runs):
     assert status == 200
     assert tensorboard_pid(shared_jupyter) == after
     assert "relaunching with logdir=" + str(exp2) in shared_jupyter.log()
+
+
+def login_cookie(server) -> str:
+    """The login a browser keeps after ``?token=``: what a link from another site carries
+    (a ``Cookie`` header, no ``Authorization``)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("GET", f"/lab?token={server.token}")
+        resp = conn.getresponse()
+        resp.read()
+        cookies = [c.split(";", 1)[0] for c in resp.headers.get_all("Set-Cookie") or []]
+    finally:
+        conn.close()
+    assert any(c.startswith("username-") for c in cookies), cookies
+    return "; ".join(cookies)
+
+
+def as_browser(server, path: str, headers: dict[str, str]) -> tuple[int, dict, str]:
+    """A GET with the login cookie and ``headers`` but no token, as a browser sends it;
+    redirects are not followed."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Cookie": login_cookie(server), **headers})
+        resp = conn.getresponse()
+        return resp.status, resp.headers, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def log_since(server, mark: int) -> str:
+    return server.log()[mark:]
+
+
+def test_a_link_from_another_site_asks_first_and_tensorboard_keeps_running(shared_jupyter, runs):
+    """``?logdir=`` from a page on another site (``Sec-Fetch-Site: cross-site``), or from a
+    client with only the cookie, gets a page that asks; the same address from our own
+    origin relaunches. While TensorBoard runs, the Jupyter side passes the request's
+    origin to the launcher, which decides."""
+    shared_jupyter.wait_for_app("/tensorboard/")
+    running = tensorboard_pid(shared_jupyter)
+    shown = api(shared_jupyter, "data/logdir")["logdir"]
+    other = "experiments/exp1" if not shown.endswith("exp1") else "experiments/exp2"
+    target = shared_jupyter.root_dir / other
+    for site in ("cross-site", None):
+        mark = len(shared_jupyter.log())
+        headers = {"Sec-Fetch-Site": site} if site else {}
+        status, got, body = as_browser(shared_jupyter, f"/tensorboard/?logdir={other}", headers)
+        assert status == 409, (site, status, body[:500])
+        assert got[STATE] == "running" and got["Cache-Control"] == "no-store"
+        assert got["Content-Security-Policy"] == "frame-ancestors 'self'", got
+        assert f"<h1>Open TensorBoard on {target}?</h1>" in body
+        assert f"<th>now</th><td><code>{shown}</code></td>" in body
+        assert "<button id='confirm' type='button'>Open this run directory</button>" in body
+        assert "<a id='keep' href='/tensorboard/'>Keep TensorBoard as it is</a>" in body
+        # The launcher decided (it logs before it answers), and did not relaunch.
+        since = log_since(shared_jupyter, mark)
+        asked = f"asking the user to confirm logdir={target} (request: {site or 'unknown'})"
+        assert asked in since, since[-2000:]
+        assert "relaunching with" not in since
+        assert tensorboard_pid(shared_jupyter) == running and procs.proc_info(running)
+        assert api(shared_jupyter, "data/logdir") == {"logdir": shown}
+
+    # From our own origin (the page's button, or TensorBoard's own pages): relaunched.
+    mark = len(shared_jupyter.log())
+    path = f"/tensorboard/?logdir={other}"
+    status, got, _ = as_browser(shared_jupyter, path, {"Sec-Fetch-Site": "same-origin"})
+    assert status == 303 and got["Location"] == f"?logdir={other}", (status, got)
+    assert f"relaunching with logdir={target} (request: same-origin)" in log_since(
+        shared_jupyter, mark
+    )
+    assert shared_jupyter.wait_for_app(path).status == 200
+    assert api(shared_jupyter, "data/logdir") == {"logdir": str(target)}
+    assert tensorboard_pid(shared_jupyter) != running and not procs.proc_info(running)
+
+
+def test_another_sites_page_cannot_add_the_confirmation_header_or_a_token(shared_jupyter):
+    """What ``request_origin`` relies on: a script on another site must pass a CORS
+    preflight to add a header like ``X-HPC-Proxies-Confirm`` or ``Authorization`` to a
+    request, and the preflight (which carries no cookie) is refused by Jupyter's login."""
+    conn = http.client.HTTPConnection("127.0.0.1", shared_jupyter.port, timeout=30)
+    try:
+        conn.request(
+            "OPTIONS",
+            "/tensorboard/?logdir=experiments",
+            headers={
+                "Origin": "http://localhost:9",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": f"{pages.CONFIRM_HEADER.lower()},authorization",
+            },
+        )
+        resp = conn.getresponse()
+        resp.read()
+    finally:
+        conn.close()
+    assert resp.status == 403, resp.status
+    assert resp.getheader("Access-Control-Allow-Origin") is None
+    assert resp.getheader("Access-Control-Allow-Headers") is None
+
+
+def test_a_link_from_another_site_does_not_start_a_stopped_tensorboard_elsewhere(
+    shared_jupyter, runs
+):
+    """While TensorBoard is stopped, the launcher answers the request itself, reading the
+    browser's ``Sec-Fetch-Site`` from the headers Jupyter passed on: a link's value is
+    asked for, and neither starts TensorBoard nor becomes what it starts with."""
+    shared_jupyter.wait_for_app("/tensorboard/")
+    shown = api(shared_jupyter, "data/logdir")["logdir"]
+    other = "experiments/exp1" if not shown.endswith("exp1") else "experiments/exp2"
+    target = shared_jupyter.root_dir / other
+    os.kill(tensorboard_pid(shared_jupyter), signal.SIGKILL)
+    probe = {pages.PROBE_HEADER: "1"}
+    deadline = time.monotonic() + 30
+    while shared_jupyter.request("/tensorboard/", headers=probe).headers.get(STATE) != "stopped":
+        assert time.monotonic() < deadline, "the launcher did not take the socket back"
+        time.sleep(0.1)
+
+    mark = len(shared_jupyter.log())
+    status, got, body = as_browser(
+        shared_jupyter, f"/tensorboard/?logdir={other}", {"Sec-Fetch-Site": "cross-site"}
+    )
+    assert status == 409 and got[STATE] == "stopped", (status, body[:500])
+    assert got["Content-Security-Policy"] == "frame-ancestors 'self'", got
+    assert f"<h1>Open TensorBoard on {target}?</h1>" in body
+    assert "TensorBoard starts with it." in body
+    since = log_since(shared_jupyter, mark)
+    assert f"asking the user to confirm logdir={target} (request: cross-site)" in since, since
+    assert "started pid" not in since
+    assert shared_jupyter.request("/tensorboard/", headers=probe).headers[STATE] == "stopped"
+
+    # The page's link back: TensorBoard starts on the directory it had.
+    shared_jupyter.wait_for_app("/tensorboard/")
+    assert api(shared_jupyter, "data/logdir") == {"logdir": shown}
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,9 @@ APP_SOCKET = "app.sock"
 CONTROL_SOCKET = "control"
 TAIL_LINES = 40
 READY_POLL = 0.05
+#: Longer log lines (an app's output, a value from a URL) are cut: one request or one
+#: runaway line must not write kilobytes into the Jupyter server's log.
+LOG_LINE_MAX = 2000
 #: The origins (``request_origin``) whose new URL parameters relaunch an app at once;
 #: no page on another site can make a request that has one of them.
 MAY_RELAUNCH = frozenset({"same-origin", "none", "token", "confirmed"})
@@ -168,6 +171,7 @@ class Launcher:
 
     # ---------------------------------------------------------------- logging
     def log(self, message: str) -> None:
+        message = pages.shorten(message, LOG_LINE_MAX)
         sys.stderr.write(f"[hpc-proxies {self.app.name}] {message}\n")
         sys.stderr.flush()
 
@@ -309,7 +313,8 @@ class Launcher:
         form = (
             "<form method='get' action='' class='actions'>"
             f"<label>Open another {escape(param.label)}: "
-            f"<input name='{escape(param.name)}' size='48' value='{escape(value)}'></label>"
+            f"<input name='{escape(param.name)}' size='48' "
+            f"value='{escape(value[: pages.SHOWN_MAX])}'></label>"
             "<button type='submit'>Open</button></form>"
         )
         return (

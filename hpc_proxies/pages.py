@@ -51,6 +51,18 @@ h2 { font-size: 1.1rem; margin-top: 2rem; }
 """
 
 
+#: What a page or a log line shows of a value that came from outside (a URL, an app's
+#: output line) at the most: a 64 kB query string must not fill the log or the page.
+SHOWN_MAX = 300
+
+
+def shorten(text: str, limit: int = SHOWN_MAX) -> str:
+    """``text``, or its start and how long it was, if it is longer than ``limit``."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters in all)"
+
+
 def home_url(prefix: str) -> str:
     """JupyterLab, next to an app: an app's prefix is ``{base_url}{app}/``."""
     return prefix.rstrip("/").rsplit("/", 1)[0] + "/lab"

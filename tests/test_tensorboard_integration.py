@@ -274,6 +274,25 @@ def test_a_bad_logdir_gives_a_page_and_tensorboard_keeps_running(
     assert api(shared_jupyter, "data/logdir") == shown
 
 
+def test_a_huge_url_is_neither_echoed_nor_logged_whole(shared_jupyter, runs):
+    """A 65 kB query string: the page answers with a short value in its form, and no
+    line hpc-proxies writes into the Jupyter log holds more than its start."""
+    from hpc_proxies.launcher import LOG_LINE_MAX
+
+    shared_jupyter.wait_for_app("/tensorboard/")
+    running = tensorboard_pid(shared_jupyter)
+    huge = "/nonexistent/" + "x" * 65_000
+    resp = shared_jupyter.request(f"/tensorboard/?logdir={huge}")
+    assert resp.status == 404
+    assert "the directory name is too long" in resp.text
+    assert len(resp.body) < 16_000, len(resp.body)
+    stopped = shared_jupyter.request(f"/xpra/?anything={huge}")  # another app, its start
+    assert stopped.status < 500
+    ours = [line for line in shared_jupyter.log().splitlines() if "[hpc-proxies " in line]
+    assert ours and max(map(len, ours)) <= LOG_LINE_MAX + 100
+    assert tensorboard_pid(shared_jupyter) == running
+
+
 def test_no_tcp_listener_from_any_process_of_the_app(shared_jupyter, runs):
     shared_jupyter.wait_for_app("/tensorboard/")
     pids = session_pids(shared_jupyter)

@@ -4,7 +4,8 @@ jupyter-server-proxy only signals its direct child, and apps such as Xpra put th
 X server in a process group of its own, so neither "kill the child" nor "kill the
 group" is enough. The launcher makes itself a child subreaper (orphans come back
 to it), starts the app in a new session, and stops everything that is in that
-session or below the launcher.
+session or below the launcher. A process that may be killed before its ``atexit``
+runs (the ParaView kernel) leaves its temporary directory to a ``DirectoryReaper``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 
 PR_SET_PDEATHSIG = 1
@@ -131,3 +134,52 @@ def reap_children() -> dict[int, int]:
 def exit_code(status: int) -> int:
     """A wait status as a shell-style exit code (negative for a signal)."""
     return os.waitstatus_to_exitcode(status)
+
+
+#: The reaper's program (``python -I -S -c``): wait until no process holds the pipe's
+#: write end any more (its holder has ended, however it ended: SIGKILL included), then
+#: remove the directory.
+_REAPER = """
+import os, shutil, sys
+while os.read(0, 4096):
+    pass
+try:
+    shutil.rmtree(sys.argv[1])
+except FileNotFoundError:
+    pass  # its holder removed it on a clean exit
+"""
+
+
+class DirectoryReaper:
+    """A tiny process that removes a directory once this process has ended.
+
+    ``atexit`` does not run when a process is killed: the Jupyter server's kernel
+    manager kills a kernel's process group on its way down, and a kernel orphaned by a
+    SIGKILLed server ends itself with ``os._exit``. The reaper blocks on a pipe whose
+    write end only this process holds (non-inheritable; inherited only by children
+    forked without exec, whose end then counts too), so the kernel's end of the pipe
+    closes on any death. It runs in a session of its own, so a kill of this process's
+    group does not take it along before it has done its one job.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], python: str | None = None) -> None:
+        read_end, self._write_end = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [python or sys.executable, "-I", "-S", "-c", _REAPER, os.fspath(directory)],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(self._write_end)
+            raise
+        finally:
+            os.close(read_end)
+
+    def remove_now(self, timeout: float = 10.0) -> None:
+        """Let go of the pipe: the reaper removes the directory now and exits."""
+        if self._write_end >= 0:
+            os.close(self._write_end)
+            self._write_end = -1
+        self.proc.wait(timeout)

@@ -8,12 +8,27 @@ and every secret goes into a fresh 0600 file. Secrets never travel by argv or en
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import shutil
 import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 
 SECRET_FILE = "secret"  # noqa: S105 (a file name, not a password)
+#: The stand-in home's name inside a launch's app_dir.
+STAND_IN_HOME = "home"
+#: coreutils' env, at the path every Linux distribution's shebangs rely on.
+ENV = "/usr/bin/env"
+#: The XDG base directories, and where each one is under HOME when it is not set.
+XDG_BASE_DIRS = {
+    "XDG_CONFIG_HOME": ".config",
+    "XDG_CACHE_HOME": ".cache",
+    "XDG_DATA_HOME": ".local/share",
+    "XDG_STATE_HOME": ".local/state",
+}
 
 
 class UnsafeRuntimeDir(RuntimeError):
@@ -57,6 +72,57 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
         path.unlink(missing_ok=True)
     elif path.exists():
         shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class StandInHome:
+    """A private directory an app's own processes get as HOME, while the session they
+    start gets the user's real home back.
+
+    Desktop servers write into HOME as they run: Xpra 3.1 its fake-Xinerama files and
+    a template ``~/.config/xpra/xpra.conf``, TigerVNC's wrapper its log and pid file
+    in ``~/.vnc``. On a cluster one home directory serves every node, so such files
+    pile up and collide between nodes (the names carry a host or display number that
+    the next session on another node reuses). The stand-in is ``app_dir/home``, so it
+    goes when the app stops; ``user`` holds the values to give back to the session.
+    """
+
+    path: Path
+    #: HOME, and each XDG base directory the user had set, as the user had them.
+    user: dict[str, str]
+
+    def environ(self) -> dict[str, str]:
+        """For the app's own processes: HOME, and each XDG base directory the user had
+        set, inside the stand-in (unset ones already follow HOME)."""
+        env = {"HOME": str(self.path)}
+        for name, relative in XDG_BASE_DIRS.items():
+            if name in self.user:
+                env[name] = str(self.path / relative)
+        return env
+
+    def argv(self, argv: list[str]) -> list[str]:
+        """``argv`` run with the stand-in's :meth:`environ` (through ``env``), so that
+        only the app gets it: the site's ``setup``, which runs before, and companions
+        keep the user's home (a ``module load`` or ``source ~/…`` there still works)."""
+        return [ENV, *(f"{name}={value}" for name, value in self.environ().items()), *argv]
+
+    def shell_exports(self) -> str:
+        """Shell lines that give a session started below the app the user's values."""
+        return "".join(
+            f"{name}={quote(value)}; export {name}\n" for name, value in self.user.items()
+        )
+
+
+def stand_in_home(
+    app_dir: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> StandInHome:
+    """The launch's stand-in home (made on first use; later calls find it), and the
+    user's values from ``env`` (the launcher's environment by default)."""
+    env = os.environ if env is None else env
+    path = ensure_private_dir(Path(app_dir) / STAND_IN_HOME)
+    user = {"HOME": env.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir}
+    user.update({name: env[name] for name in XDG_BASE_DIRS if env.get(name)})
+    return StandInHome(path, user)
 
 
 def new_secret(nbytes: int = 24) -> str:

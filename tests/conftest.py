@@ -16,12 +16,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from hpc_proxies import procs
+
+if TYPE_CHECKING:
+    from processes import LocalUser
 
 ARTIFACTS = Path(
     os.environ.get("HPC_PROXIES_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts")
@@ -136,7 +140,14 @@ class JupyterServer:
                 self.proc.wait()
 
 
-def start_jupyter(tmp_path: Path, env_update: dict | None = None) -> JupyterServer:
+def start_jupyter(
+    tmp_path: Path,
+    env_update: dict | None = None,
+    user: LocalUser | None = None,
+    python: str = sys.executable,
+) -> JupyterServer:
+    """``jupyter lab`` in ``tmp_path``, run by ``python``; as ``user`` if given (who must
+    own ``tmp_path`` and be able to run ``python``: see ``python_for_anyone``)."""
     port = free_port()
     token = secrets.token_hex(16)
     root = tmp_path / "root"
@@ -155,7 +166,7 @@ def start_jupyter(tmp_path: Path, env_update: dict | None = None) -> JupyterServ
     env.update(env_update or {})
     log_path = tmp_path / "jupyter.log"
     cmd = [
-        sys.executable,
+        python,
         "-m",
         "jupyterlab",
         "--no-browser",
@@ -167,6 +178,8 @@ def start_jupyter(tmp_path: Path, env_update: dict | None = None) -> JupyterServ
         "--LabApp.news_url=",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
+    if user is not None:
+        cmd = user.argv(*cmd)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     server = JupyterServer(proc, port, token, log_path, root)
@@ -184,6 +197,27 @@ def start_jupyter(tmp_path: Path, env_update: dict | None = None) -> JupyterServ
         time.sleep(0.2)
 
 
+def python_for_anyone(directory: Path) -> str:
+    """A Python that any local user can run, with this venv's packages: the test venv's
+    own interpreter may live where only root can reach it (e.g. under /root/.pyenv).
+    A venv of the system's Python of the same version, whose .pth adds our site-packages
+    and whose etc/ and share/ are ours (Jupyter looks for its extensions there)."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    system = Path("/usr/bin") / version
+    if not system.exists():
+        pytest.fail(f"{system} is needed to run Jupyter as an ordinary user")
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    venv = directory / "venv"
+    subprocess.run([str(system), "-m", "venv", "--without-pip", str(venv)], check=True)
+    ours = Path(sys.prefix) / "lib" / version / "site-packages"
+    (venv / "lib" / version / "site-packages" / "hpc-proxies-tests.pth").write_text(
+        f"import site; site.addsitedir({str(ours)!r})\n"
+    )
+    for shared in ("etc", "share"):  # Jupyter's server extensions, kernels, lab assets
+        (venv / shared).symlink_to(Path(sys.prefix) / shared)
+    return str(venv / "bin" / "python")
+
+
 def kill_leftovers(pids: set[int], grace: float = 15) -> None:
     """After a test: give the launchers time to stop their apps, then kill what is left."""
     deadline = time.monotonic() + grace
@@ -196,15 +230,22 @@ def kill_leftovers(pids: set[int], grace: float = 15) -> None:
 
 
 @contextmanager
-def jupyter_with_site(tmp_path: Path, toml: str | None = None):
-    """A Jupyter server (whose site configuration is ``toml``, if given); it and
+def jupyter_with_site(
+    tmp_path: Path,
+    toml: str | None = None,
+    env_update: dict | None = None,
+    user: LocalUser | None = None,
+    python: str = sys.executable,
+):
+    """A Jupyter server (whose site configuration is ``toml``, if given; with
+    ``env_update`` in its environment; run as ``user`` by ``python``, if given); it and
     everything below it stopped after."""
-    env = {}
+    env = dict(env_update or {})
     if toml is not None:
         site = tmp_path / "site.toml"
         site.write_text(toml)
         env["HPC_PROXIES_CONFIG"] = str(site)
-    server = start_jupyter(tmp_path, env)
+    server = start_jupyter(tmp_path, env, user, python)
     try:
         yield server
     finally:

@@ -734,3 +734,81 @@ def test_install_kernel_with_a_python_without_paraview(tmp_path):
     assert "cannot import ParaView" in done.stderr and "python3-paraview" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "data/kernels/paraview").exists()
+
+
+# ------------------------------------------------------------------ leftovers
+def kernel_started_by(server):
+    """A ParaView kernel that the Jupyter server starts (``POST /api/kernels``, as
+    JupyterLab does), so the server's death reaches it; and a blocking client attached
+    to the kernel's connection file in the server's runtime directory."""
+    import urllib.request
+
+    from jupyter_client import BlockingKernelClient
+
+    request = urllib.request.Request(
+        f"{server.url}/api/kernels",
+        method="POST",
+        data=json.dumps({"name": "paraview"}).encode(),
+        headers={"Authorization": f"token {server.token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        kernel_id = json.loads(response.read())["id"]
+    runtime = server.root_dir.parent / "jupyter" / "runtime"
+    (connection_file,) = runtime.glob(f"kernel-{kernel_id}*.json")
+    client = BlockingKernelClient(connection_file=str(connection_file))
+    client.load_connection_file()
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    return kernel_id, client
+
+
+def run_in(client, code: str, timeout: float = 180) -> str:
+    """The cell's stdout; fails the test on an error."""
+    out: list[str] = []
+    errors: list[str] = []
+
+    def hook(msg) -> None:
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            errors.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+
+    client.execute_interactive(code, timeout=timeout, output_hook=hook)
+    assert not errors, errors
+    return "".join(out)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGKILL"])
+def test_jupyter_dying_with_a_connected_kernel_leaves_nothing(tmp_path, signame):
+    """The Jupyter server dies (SIGTERM, or SIGKILL) while a ParaView kernel it started is
+    connected: the kernel is killed, so its atexit never runs, yet its private Xvfb
+    directory goes, and so does every process. Temporary directories go to a TMPDIR of
+    the test's own (tempfile, and so the kernel's mkdtemp, honour it), so that other
+    tests running at the same time cannot make /tmp look dirty or clean."""
+    import signal
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="hpcp-tmpdir-"))  # short: unix socket paths
+    try:
+        with jupyter_with_site(tmp_path, env_update={"TMPDIR": str(scratch)}) as server:
+            _, client = kernel_started_by(server)
+            try:
+                out = run_in(
+                    client,
+                    "import os\nimport hpc_proxies.paraview as pvh\npvh.connect()\n"
+                    "print('XAUTHORITY', os.environ['XAUTHORITY'])",
+                )
+            finally:
+                client.stop_channels()
+            kernel_dir = Path(out.split("XAUTHORITY", 1)[1].split()[0]).parent
+            assert kernel_dir.name.startswith("hpc-proxies-pvkernel-"), kernel_dir
+            assert kernel_dir.parent == scratch and kernel_dir.is_dir()
+            everything = server.descendants()
+            server.proc.send_signal(getattr(signal, signame))
+            server.proc.wait(15)
+            left = wait_gone(everything, 15)
+            assert not left, [cmdline(pid) for pid in left]
+        assert not kernel_dir.exists(), f"{kernel_dir} left behind"
+        assert not list(scratch.glob("hpc-proxies*")), list(scratch.iterdir())
+    finally:
+        shutil.rmtree(scratch)

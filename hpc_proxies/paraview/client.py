@@ -219,11 +219,18 @@ def ensure_pvserver(
 # ------------------------------------------------------------------- display
 class _KernelDisplay:
     """A private Xvfb for this kernel's own render windows (GLX builds need one even
-    when pvserver renders): started once, stopped when the kernel exits."""
+    when pvserver renders): started once, stopped when the kernel exits.
+
+    The kernel may be killed (its Jupyter server's death takes it along) and then its
+    ``atexit`` never runs: the Xvfb gets SIGTERM from the kernel's death itself
+    (``die_with_parent``), and a reaper (``procs.DirectoryReaper``) removes the
+    directory however the kernel ends."""
 
     def __init__(self) -> None:
         self.server: xdisplay.XServer | None = None
         self.directory: str | None = None
+        self.reaper: procs.DirectoryReaper | None = None
+        self.stop_registered = False
 
     def ensure(self) -> None:
         if self.server is not None and self.server.proc.poll() is None:
@@ -231,16 +238,27 @@ class _KernelDisplay:
         xvfb = shutil.which("Xvfb")
         if xvfb is None:
             return  # EGL/OSMesa builds, or an inherited DISPLAY
+        self.stop()  # an Xvfb that died: its directory goes before a new one comes
+        if not self.stop_registered:
+            atexit.register(self.stop)
+            self.stop_registered = True
         self.directory = tempfile.mkdtemp(prefix="hpc-proxies-pvkernel-")
-        self.server = xdisplay.start_xvfb(self.directory, xvfb, die_with_parent=True)
+        self.reaper = procs.DirectoryReaper(self.directory)
+        try:
+            self.server = xdisplay.start_xvfb(self.directory, xvfb, die_with_parent=True)
+        except BaseException:
+            self.stop()
+            raise
         os.environ.update(self.server.environ())
-        atexit.register(self.stop)
 
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
-        if self.directory:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            self.server = None
+        if self.reaper is not None:
+            self.reaper.remove_now()
+            self.reaper = None
+        self.directory = None
 
 
 _display = _KernelDisplay()

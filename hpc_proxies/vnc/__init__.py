@@ -5,6 +5,11 @@ The VNC server listens only on a unix socket in the launch's private directory
 companion, :mod:`hpc_proxies.bridge`, serves noVNC on the launch socket and joins its
 websocket to the VNC server. The Jupyter server fills the password into noVNC's
 credentials dialog from the page it serves, so it is never in a URL or an argv.
+
+vncserver runs with a stand-in home (``runtime.stand_in_home``): TigerVNC's and
+TurboVNC's wrappers keep their log (``~/.vnc/<host>:<display>.log``) and pid file in
+``~/.vnc``, and read ``~/.vnc/tigervnc.conf``. The session's xstartup gives the user's
+real home back to the desktop's programs.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
-from ..runtime import read_secret, write_private_file
+from ..runtime import read_secret, stand_in_home, write_private_file
 from ..serverproxy import server_process
 from ..spec import AppSpec, Launch, Requirement, Setting
 
@@ -77,7 +82,9 @@ def server_argv(launch: Launch, turbo: bool) -> list[str]:
 
 
 def command(launch: Launch) -> list[str]:
-    return server_argv(launch, is_turbovnc(launch.executable))
+    """vncserver, with the stand-in home (its xstartup gives the session the real one)."""
+    home = stand_in_home(launch.app_dir)
+    return home.argv(server_argv(launch, is_turbovnc(launch.executable)))
 
 
 def companions(launch: Launch) -> list[list[str]]:
@@ -114,10 +121,13 @@ def ready_banners(launch: Launch) -> list[tuple[Path, bytes]]:
 
 
 def prepare(launch: Launch) -> None:
-    """The session script and the VncAuth password file."""
+    """The session script (which puts the user's home back) and the VncAuth password file."""
     session = str(launch.settings.get("session", DEFAULT_SESSION))
+    home = stand_in_home(launch.app_dir)
     xstartup = write_private_file(
-        launch.app_dir / "xstartup", f"#!/bin/sh\n# the session, from hpc-proxies\n{session}\n"
+        launch.app_dir / "xstartup",
+        "#!/bin/sh\n# the user's home (vncserver runs with a stand-in), then the session,\n"
+        f"# from hpc-proxies\n{home.shell_exports()}{session}\n",
     )
     xstartup.chmod(0o700)
     assert launch.secret_file is not None

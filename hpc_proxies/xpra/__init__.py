@@ -4,6 +4,12 @@ Xpra serves its HTML5 client and the session's websocket on the launch's unix so
 (no TCP port from Xpra or its X server). Each start gets a new password in a 0600
 file (``--auth=file``); the Jupyter server hands it to the client's page through
 ``sessionStorage``, so it is never in a URL, in history or in any argv.
+
+Xpra itself runs with a stand-in home (``runtime.stand_in_home``): Xpra 3.1 writes its
+fake-Xinerama files (``~/.fakexinerama``, ``~/.:N-fakexinerama``; even with
+``--fake-xinerama=no``, whose "no" it tests as a true string) and a template
+``~/.config/xpra/xpra.conf`` there. The session it starts gets the user's real home
+back through ``--start-env``.
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 
-from ..runtime import write_private_file
+from ..runtime import stand_in_home, write_private_file
 from ..serverproxy import server_process
 from ..spec import AppSpec, Launch, Requirement, Setting
 
@@ -22,6 +29,7 @@ from ..spec import AppSpec, Launch, Requirement, Setting
 #: ``--start=`` on the command line does not reset that list.
 SESSION_KEYS = ("start", "start-child", "start-after-connect", "start-child-after-connect")
 DEFAULT_SYSTEM_CONF_DIR = "/etc/xpra"
+USER_CONF_DIRS_VARIABLE = "XPRA_USER_CONF_DIRS"
 XPRA = "xpra"
 DEFAULT_SESSION = "xterm"
 
@@ -40,18 +48,41 @@ def system_config_without_session(conf_dir: Path) -> str:
     return "\n".join(kept) + "\n"
 
 
+def user_config_dir(env: Mapping[str, str], uid: int) -> Path | None:
+    """The user's own Xpra configuration directory, if they have one with a file in it.
+
+    Xpra 3.1 reads ``$XDG_CONFIG_HOME/xpra`` (or ``~/.config/xpra``) and ``~/.xpra``
+    (never for root), or only ``$XPRA_USER_CONF_DIRS``, and writes a template
+    ``xpra.conf`` into the first one when none holds a configuration.
+    """
+    home = Path(env.get("HOME") or Path.home())
+    if env.get(USER_CONF_DIRS_VARIABLE):
+        candidates = [Path(env[USER_CONF_DIRS_VARIABLE]).expanduser()]
+    elif uid > 0:
+        config_home = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+        candidates = [config_home / "xpra", home / ".xpra"]
+    else:
+        candidates = []
+    for conf_dir in candidates:
+        if (conf_dir / "xpra.conf").is_file() or any((conf_dir / "conf.d").glob("*.conf")):
+            return conf_dir
+    return None
+
+
 def prepare(launch: Launch) -> None:
-    """Write the filtered system config, private to the user."""
+    """Write the filtered system config, private to the user, and make the stand-in home."""
     conf_dir = launch.app_dir / "xpra-conf"
     conf_dir.mkdir(mode=0o700)
     system_dir = Path(os.environ.get("XPRA_SYSTEM_CONF_DIRS", DEFAULT_SYSTEM_CONF_DIR))
     write_private_file(conf_dir / "xpra.conf", system_config_without_session(system_dir))
+    stand_in_home(launch.app_dir)
 
 
 def command(launch: Launch) -> list[str]:
     mode = "start-desktop" if launch.settings.get("mode") == "desktop" else "start"
     session = str(launch.settings.get("session", DEFAULT_SESSION))
-    return [
+    home = stand_in_home(launch.app_dir)
+    xpra = [
         launch.executable,
         mode,
         "--daemon=no",
@@ -76,12 +107,27 @@ def command(launch: Launch) -> list[str]:
         "--dbus-control=no",
         "--systemd-run=no",
         "--start-via-proxy=no",
+        # The session gets the user's home back (Xpra runs with the stand-in). Xpra
+        # expands $VARIABLES in these values: a home whose path has a "$" would not
+        # arrive intact.
+        *(f"--start-env={name}={value}" for name, value in home.user.items()),
     ]
+    return home.argv(xpra)
 
 
 def environment(launch: Launch) -> dict[str, str]:
+    """The filtered system config, and the user's own config.
+
+    ``XPRA_USER_CONF_DIRS`` is always set, because Xpra's helpers (its OpenGL probe)
+    run with the session's environment, the user's real home: it names the user's
+    configuration if there is one (only the first, if both of Xpra's places hold one),
+    else a directory in the stand-in home, where Xpra's template then goes.
+    """
+    user_conf = user_config_dir(os.environ, os.getuid())
+    stand_in = stand_in_home(launch.app_dir).path / ".config" / "xpra"
     return {
         "XPRA_SYSTEM_CONF_DIRS": str(launch.app_dir / "xpra-conf"),
+        USER_CONF_DIRS_VARIABLE: str(user_conf or stand_in),
     }
 
 

@@ -681,6 +681,38 @@ def test_interactive_view_in_the_browser(shared_jupyter, kernel):
             browser.close()
 
 
+@pytest.mark.browser
+def test_the_status_page_shows_refused_connections(shared_jupyter, neighbour):
+    """What the user sees of a neighbour's attempt: the tile's "Refused connections" row,
+    naming the neighbour."""
+    from playwright.sync_api import sync_playwright
+
+    info = start_pvserver(shared_jupyter)
+    knock = neighbour.run(
+        "/usr/bin/python3",
+        "-c",
+        f"import socket; socket.create_connection(('127.0.0.1', {info['port']}), 10).recv(1)",
+    )
+    assert knock.returncode == 0, knock.stderr
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 800, "height": 600})
+        try:
+            page = context.new_page()
+            page.goto(f"{shared_jupyter.url}/paraview/?token={shared_jupyter.token}")
+            page.wait_for_selector("#refused-row", state="visible")
+            text = page.inner_text("#refused-row")
+            page.screenshot(path=ARTIFACTS / "paraview-status-refused.png")
+        except Exception:
+            screenshot_every_tab(context, "paraview-refused-failure")
+            raise
+        finally:
+            browser.close()
+    assert "Refused connections" in text and f"the latest from {neighbour.name}" in text, text
+    post(shared_jupyter, "stop")
+
+
 # ------------------------------------------------------------------ the kernel installer
 def test_install_kernel_for_a_user(tmp_path):
     """``hpc-proxies install-kernel paraview --user``: a kernelspec in the user's Jupyter

@@ -405,6 +405,7 @@ def test_a_neighbour_cannot_stall_or_reach_pvserver(shared_jupyter, neighbour, m
     (measured in the same run): before, it waited as long as the neighbour held on."""
     shared_jupyter.wait_for_app("/paraview/api/status")
     post(shared_jupyter, "stop")
+    start_pvserver(shared_jupyter)  # both connect()s find pvserver waiting for a client
     usual = timed_connect(shared_jupyter)
     assert wait_for_state(shared_jupyter, "stopped")
     refused_before = status(shared_jupyter)["refused"]["total"]

@@ -48,30 +48,34 @@ def signal_on_parent_death(signum: int = signal.SIGTERM) -> bool:
     return _prctl(PR_SET_PDEATHSIG, int(signum))
 
 
-def proc_info(pid: int) -> ProcInfo | None:
-    """Parse /proc/PID/stat; None if the process is gone."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat from its third field (the state) on; None if the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read().decode(errors="replace")
     except OSError:
         return None
     # The command name may contain spaces and parentheses: split after the last ')'.
-    fields = raw[raw.rindex(")") + 2 :].split()
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def proc_info(pid: int) -> ProcInfo | None:
+    """Parse /proc/PID/stat; None if the process is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
     return ProcInfo(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0])
 
 
 def start_time(pid: int) -> float | None:
     """When ``pid`` started, in seconds since the epoch; None if it is gone. A file that
     names a pid but is older than the process with that pid was not written by it."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode(errors="replace")
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-    except (OSError, StopIteration):
+    fields = _stat_fields(pid)
+    if fields is None:
         return None
-    ticks = int(raw[raw.rindex(")") + 2 :].split()[19])
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def all_processes() -> list[ProcInfo]:

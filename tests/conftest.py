@@ -288,6 +288,41 @@ def shared_jupyter(tmp_path_factory):
         yield server
 
 
+#: Debian's chromium, driven by playwright (no browser download), with nothing that
+#: reaches beyond this machine: this network refuses such connections anyway.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1280, "height": 800}
+
+
+@contextmanager
+def chromium(failure_prefix: str, viewport: dict | None = None):
+    """A browser context in Debian's chromium, closed after; if the body fails, every
+    tab's screenshot is kept as ``ARTIFACTS/<failure_prefix>-N.png``."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport=viewport or VIEWPORT)
+        try:
+            yield context
+        except BaseException:
+            screenshot_every_tab(context, failure_prefix)
+            raise
+        finally:
+            context.close()
+            browser.close()
+
+
 def screenshot_every_tab(context, prefix: str) -> None:
     """On a failing browser test: keep what each tab showed, as ARTIFACTS/<prefix>-N.png."""
     from playwright.sync_api import Error as PlaywrightError

@@ -191,6 +191,26 @@ async def test_failure_page_escapes_app_output(tmp_path):
     assert "<script>x</script>" not in html
 
 
+async def test_a_runaway_output_line_is_cut_in_the_log(tmp_path, capfd):
+    """An app that prints a 100 kB line: the Jupyter log (the launcher's stderr) gets its
+    start and its length, not the whole line."""
+    from hpc_proxies.launcher import LOG_LINE_MAX
+
+    app = _app((Requirement("sh", ""),), lambda launch: ["sh", "-c", "printf '%0100000d'"])
+    launcher = Launcher(app, ensure_private_dir(tmp_path / "run") / "socket", "/demo/", None)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGCHLD, launcher.on_sigchld)
+    try:
+        launcher.start_app()
+        await until_failed(launcher)
+    finally:
+        loop.remove_signal_handler(signal.SIGCHLD)
+    logged = [line for line in capfd.readouterr().err.splitlines() if "000000" in line]
+    assert logged, "the app's output line is not in the log at all"
+    assert all(len(line) < LOG_LINE_MAX + 100 for line in logged), [len(x) for x in logged]
+    assert "(100000 characters in all)" in logged[0]
+
+
 def test_progress_page_reloads_into_the_app():
     html = pages.progress_page("Xpra Desktop", 1.5, 60, ["line <1>"])
     assert "Starting Xpra Desktop" in html

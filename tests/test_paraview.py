@@ -19,12 +19,12 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
-from conftest import ARTIFACTS, jupyter_with_site, screenshot_every_tab
+from conftest import ARTIFACTS, chromium, jupyter_with_site
 from jupyter_client import KernelManager
 from network import WITHOUT_USER_NAMESPACES, peer_host
 from PIL import Image
 from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, wait_gone
-from test_xpra_browser import CHROMIUM, CHROMIUM_ARGS, differing, rgb
+from test_xpra_browser import differing, rgb
 
 from hpc_proxies import procs
 from hpc_proxies.runtime import ensure_private_dir
@@ -608,8 +608,6 @@ def test_connect_raises_when_disabled(tmp_path):
 @pytest.mark.browser
 def test_interactive_view_in_the_browser(shared_jupyter, kernel):
     """The view show() returns: the sphere is on screen, and dragging turns it."""
-    from playwright.sync_api import sync_playwright
-
     out, err = kernel.run(
         "import hpc_proxies.paraview as pvh\nfrom paraview.simple import *\npvh.connect()\n"
         "s = Sphere(ThetaResolution=48, PhiResolution=48)\n"
@@ -626,68 +624,55 @@ def test_interactive_view_in_the_browser(shared_jupyter, kernel):
     assert src.startswith("/paraview/view/")
     # The view is served on a unix socket: the kernel opened no TCP port for it.
     assert tcp_listeners(kernel_pids) == listening_before
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 800, "height": 600})
-        try:
-            page = context.new_page()
-            page.goto(f"{shared_jupyter.url}{src}?token={shared_jupyter.token}")
-            page.wait_for_function("window.paraviewFrames && window.paraviewFrames.length >= 1")
-            page.wait_for_timeout(500)
-            before = page.screenshot(path=ARTIFACTS / "paraview-view-before.png")
-            ok, why = sphere_visible(before)
-            assert ok, why
-            frames = page.evaluate("window.paraviewFrames.length")
-            page.mouse.move(400, 300)
-            page.mouse.down()
-            for step in range(1, 16):
-                page.mouse.move(400 + step * 12, 300 + step * 4)
-                page.wait_for_timeout(30)
-            page.mouse.up()
-            page.wait_for_function(f"window.paraviewFrames.length > {frames}")
-            page.wait_for_timeout(800)
-            after = page.screenshot(path=ARTIFACTS / "paraview-view-after.png")
-            changed = differing(
-                Image.open(io.BytesIO(before)).convert("RGB"),
-                Image.open(io.BytesIO(after)).convert("RGB"),
-            )
-            assert changed > 0.005, f"only {changed:.2%} of the pixels changed after the drag"
-            ok, why = sphere_visible(after)
-            assert ok, why
-            # The status page knows a client is connected.
-            status_page = context.new_page()
-            status_page.goto(f"{shared_jupyter.url}/paraview/?token={shared_jupyter.token}")
-            status_page.wait_for_function(
-                "document.getElementById('client').textContent === 'connected'"
-            )
-            assert status_page.inner_text("#state") == "Running"
-            reachable = status_page.inner_text("#network")
-            assert reachable.startswith("127.0.0.1 only"), reachable
-            status_page.screenshot(path=ARTIFACTS / "paraview-status.png")
-            # Its Stop button (a cookie-authenticated POST with Jupyter's XSRF token)
-            # ends pvserver and its X server.
-            running = pvserver_pids(shared_jupyter) | xvfb_pids(shared_jupyter)
-            assert len(running) >= 2, running
-            status_page.click("#stop")
-            status_page.wait_for_function(
-                "document.getElementById('state').textContent === 'Stopped'"
-            )
-            assert not wait_gone(running, 10)
-            assert not pvserver_pids(shared_jupyter) and not xvfb_pids(shared_jupyter)
-        except Exception:
-            screenshot_every_tab(context, "paraview-failure")
-            raise
-        finally:
-            browser.close()
+    with chromium("paraview-failure", {"width": 800, "height": 600}) as context:
+        page = context.new_page()
+        page.goto(f"{shared_jupyter.url}{src}?token={shared_jupyter.token}")
+        page.wait_for_function("window.paraviewFrames && window.paraviewFrames.length >= 1")
+        page.wait_for_timeout(500)
+        before = page.screenshot(path=ARTIFACTS / "paraview-view-before.png")
+        ok, why = sphere_visible(before)
+        assert ok, why
+        frames = page.evaluate("window.paraviewFrames.length")
+        page.mouse.move(400, 300)
+        page.mouse.down()
+        for step in range(1, 16):
+            page.mouse.move(400 + step * 12, 300 + step * 4)
+            page.wait_for_timeout(30)
+        page.mouse.up()
+        page.wait_for_function(f"window.paraviewFrames.length > {frames}")
+        page.wait_for_timeout(800)
+        after = page.screenshot(path=ARTIFACTS / "paraview-view-after.png")
+        changed = differing(
+            Image.open(io.BytesIO(before)).convert("RGB"),
+            Image.open(io.BytesIO(after)).convert("RGB"),
+        )
+        assert changed > 0.005, f"only {changed:.2%} of the pixels changed after the drag"
+        ok, why = sphere_visible(after)
+        assert ok, why
+        # The status page knows a client is connected.
+        status_page = context.new_page()
+        status_page.goto(f"{shared_jupyter.url}/paraview/?token={shared_jupyter.token}")
+        status_page.wait_for_function(
+            "document.getElementById('client').textContent === 'connected'"
+        )
+        assert status_page.inner_text("#state") == "Running"
+        reachable = status_page.inner_text("#network")
+        assert reachable.startswith("127.0.0.1 only"), reachable
+        status_page.screenshot(path=ARTIFACTS / "paraview-status.png")
+        # Its Stop button (a cookie-authenticated POST with Jupyter's XSRF token)
+        # ends pvserver and its X server.
+        running = pvserver_pids(shared_jupyter) | xvfb_pids(shared_jupyter)
+        assert len(running) >= 2, running
+        status_page.click("#stop")
+        status_page.wait_for_function("document.getElementById('state').textContent === 'Stopped'")
+        assert not wait_gone(running, 10)
+        assert not pvserver_pids(shared_jupyter) and not xvfb_pids(shared_jupyter)
 
 
 @pytest.mark.browser
 def test_the_status_page_shows_refused_connections(shared_jupyter, neighbour):
     """What the user sees of a neighbour's attempt: the tile's "Refused connections" row,
     naming the neighbour."""
-    from playwright.sync_api import sync_playwright
-
     info = start_pvserver(shared_jupyter)
     knock = neighbour.run(
         "/usr/bin/python3",
@@ -695,21 +680,12 @@ def test_the_status_page_shows_refused_connections(shared_jupyter, neighbour):
         f"import socket; socket.create_connection(('127.0.0.1', {info['port']}), 10).recv(1)",
     )
     assert knock.returncode == 0, knock.stderr
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 800, "height": 600})
-        try:
-            page = context.new_page()
-            page.goto(f"{shared_jupyter.url}/paraview/?token={shared_jupyter.token}")
-            page.wait_for_selector("#refused-row", state="visible")
-            text = page.inner_text("#refused-row")
-            page.screenshot(path=ARTIFACTS / "paraview-status-refused.png")
-        except Exception:
-            screenshot_every_tab(context, "paraview-refused-failure")
-            raise
-        finally:
-            browser.close()
+    with chromium("paraview-refused-failure", {"width": 800, "height": 600}) as context:
+        page = context.new_page()
+        page.goto(f"{shared_jupyter.url}/paraview/?token={shared_jupyter.token}")
+        page.wait_for_selector("#refused-row", state="visible")
+        text = page.inner_text("#refused-row")
+        page.screenshot(path=ARTIFACTS / "paraview-status-refused.png")
     assert "Refused connections" in text and f"the latest from {neighbour.name}" in text, text
     post(shared_jupyter, "stop")
 

@@ -10,59 +10,48 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import ARTIFACTS, jupyter_with_site, screenshot_every_tab
+from conftest import ARTIFACTS, chromium, jupyter_with_site
 from PIL import Image
-from playwright.sync_api import sync_playwright
 from test_rstudio_integration import RSERVER
-from test_xpra_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, Box, rgb
+from test_xpra_browser import Box, rgb
 
 pytestmark = pytest.mark.browser
 
 
 def test_tile_opens_rstudio_and_its_redirects_stay_behind_jupyter(tmp_path):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     toml = f'[apps.rstudio]\nexecutable = "{RSERVER}"\n'
-    with jupyter_with_site(tmp_path, toml) as server, sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = chromium.new_context(viewport=VIEWPORT)
-        try:
-            lab = context.new_page()
-            lab.goto(f"{server.url}/lab?token={server.token}")
-            card = lab.locator(".jp-LauncherCard", has_text="RStudio")
-            card.wait_for(state="visible", timeout=90_000)
-            icon = card.locator(".jp-LauncherCard-icon img")
-            assert "/server-proxy/icon/rstudio" in (icon.get_attribute("src") or "")
-            lab.wait_for_function(
-                """() => [...document.querySelectorAll('.jp-LauncherCard-icon img')]
-                     .some(i => i.src.endsWith('/server-proxy/icon/rstudio') && i.complete
-                                && i.naturalWidth > 0)""",
-                timeout=30_000,
-            )
-            lab.screenshot(path=ARTIFACTS / "rstudio-launcher.png")
-            rect = icon.bounding_box()
-            box = Box.of({"x": rect["x"], "y": rect["y"], "w": rect["width"], "h": rect["height"]})
-            shot = Image.open(ARTIFACTS / "rstudio-launcher.png").convert("RGB")
-            pixels = rgb(box.crop(shot))
-            blue = sum(1 for r, g, b in pixels if b > r + 60 and b > 150)  # #4a8bc2
-            assert blue > 0.2 * len(pixels), f"the blue R icon is not drawn: {blue}/{len(pixels)}"
+    with jupyter_with_site(tmp_path, toml) as server, chromium("rstudio-failure") as context:
+        lab = context.new_page()
+        lab.goto(f"{server.url}/lab?token={server.token}")
+        card = lab.locator(".jp-LauncherCard", has_text="RStudio")
+        card.wait_for(state="visible", timeout=90_000)
+        icon = card.locator(".jp-LauncherCard-icon img")
+        assert "/server-proxy/icon/rstudio" in (icon.get_attribute("src") or "")
+        lab.wait_for_function(
+            """() => [...document.querySelectorAll('.jp-LauncherCard-icon img')]
+                 .some(i => i.src.endsWith('/server-proxy/icon/rstudio') && i.complete
+                            && i.naturalWidth > 0)""",
+            timeout=30_000,
+        )
+        lab.screenshot(path=ARTIFACTS / "rstudio-launcher.png")
+        rect = icon.bounding_box()
+        box = Box.of({"x": rect["x"], "y": rect["y"], "w": rect["width"], "h": rect["height"]})
+        shot = Image.open(ARTIFACTS / "rstudio-launcher.png").convert("RGB")
+        pixels = rgb(box.crop(shot))
+        blue = sum(1 for r, g, b in pixels if b > r + 60 and b > 150)  # #4a8bc2
+        assert blue > 0.2 * len(pixels), f"the blue R icon is not drawn: {blue}/{len(pixels)}"
 
-            with context.expect_page(timeout=30_000) as new_tab:
-                card.click()
-            tab = new_tab.value
-            tab.wait_for_selector("#redirect", timeout=60_000)  # past the progress page
-            assert tab.title() == "RStudio" and urlsplit(tab.url).path == "/rstudio/"
-            tab.screenshot(path=ARTIFACTS / "rstudio-page.png")
+        with context.expect_page(timeout=30_000) as new_tab:
+            card.click()
+        tab = new_tab.value
+        tab.wait_for_selector("#redirect", timeout=60_000)  # past the progress page
+        assert tab.title() == "RStudio" and urlsplit(tab.url).path == "/rstudio/"
+        tab.screenshot(path=ARTIFACTS / "rstudio-page.png")
 
-            # rserver answers this link with a redirect to rserver-elsewhere.invalid:8787.
-            tab.click("#redirect")
-            tab.wait_for_selector("#landed", timeout=30_000)
-            url = urlsplit(tab.url)
-            assert url.netloc == f"127.0.0.1:{server.port}", tab.url
-            assert url.path == "/rstudio/landed" and url.query == "from=redirect", tab.url
-            tab.screenshot(path=ARTIFACTS / "rstudio-landed.png")
-        except BaseException:
-            screenshot_every_tab(context, "rstudio-failure")
-            raise
-        finally:
-            context.close()
-            chromium.close()
+        # rserver answers this link with a redirect to rserver-elsewhere.invalid:8787.
+        tab.click("#redirect")
+        tab.wait_for_selector("#landed", timeout=30_000)
+        url = urlsplit(tab.url)
+        assert url.netloc == f"127.0.0.1:{server.port}", tab.url
+        assert url.path == "/rstudio/landed" and url.query == "from=redirect", tab.url
+        tab.screenshot(path=ARTIFACTS / "rstudio-landed.png")

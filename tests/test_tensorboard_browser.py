@@ -28,14 +28,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import ARTIFACTS, screenshot_every_tab
+from conftest import ARTIFACTS, chromium
 from PIL import Image
-from playwright.sync_api import BrowserContext, Page, sync_playwright
+from playwright.sync_api import BrowserContext, Page
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from tb_events import write_experiments
 from test_tensorboard_integration import tensorboard_pid
-from test_xpra_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, Box, log_tail, rgb
+from test_xpra_browser import Box, log_tail, rgb
 
 from hpc_proxies import pages
 
@@ -159,22 +159,12 @@ def tensorboard_browser(jupyter, prefix: str = "tensorboard") -> Iterator[Browse
     ``ARTIFACTS/<prefix>-<step>.png``."""
     for stale in ARTIFACTS.glob(f"{prefix}-*.png"):
         stale.unlink()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = chromium.new_context(viewport=VIEWPORT)
+    with chromium(f"{prefix}-failure") as context:
         b = Browser(jupyter, context, lab=None, prefix=prefix)  # type: ignore[arg-type]
         context.on("response", lambda r: b.responses.append((r.url, r.status, dict(r.headers))))
-        try:
-            b.lab = context.new_page()
-            b.lab.goto(f"{jupyter.url}/lab?token={jupyter.token}")
-            yield b
-        except BaseException:
-            screenshot_every_tab(context, f"{prefix}-failure")
-            raise
-        finally:
-            context.close()
-            chromium.close()
+        b.lab = context.new_page()
+        b.lab.goto(f"{jupyter.url}/lab?token={jupyter.token}")
+        yield b
 
 
 def progress_then_app(b: Browser, query: str) -> None:

@@ -39,16 +39,13 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import ARTIFACTS, screenshot_every_tab
+from conftest import ARTIFACTS, VIEWPORT, chromium
 from PIL import Image
-from playwright.sync_api import BrowserContext, Locator, Page, sync_playwright
+from playwright.sync_api import BrowserContext, Locator, Page
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from processes import find_process
 from test_xpra_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    VIEWPORT,
     Box,
     Stats,
     differing,
@@ -272,10 +269,7 @@ def vnc_browser(jupyter, name: str) -> Iterator[Browser]:
     """Chromium logged in to JupyterLab; at the end, no URL may have carried the password."""
     for stale in ARTIFACTS.glob(f"vnc-{name}-*.png"):
         stale.unlink()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = chromium.new_context(viewport=VIEWPORT)
+    with chromium(f"vnc-{name}-failure") as context:
         b = Browser(jupyter, name, context, lab=None)  # type: ignore[arg-type]
 
         def on_websocket(ws) -> None:
@@ -290,17 +284,10 @@ def vnc_browser(jupyter, name: str) -> Iterator[Browser]:
         context.on("page", on_page)
         context.on("request", lambda req: b.urls.append(req.url))
         context.on("response", lambda r: b.responses.append((r.url, r.status, dict(r.headers))))
-        try:
-            b.lab = context.new_page()
-            b.lab.goto(f"{jupyter.url}/lab?token={jupyter.token}")
-            yield b
-            assert_password_kept_out(b)
-        except BaseException:
-            screenshot_every_tab(context, f"vnc-{name}-failure")
-            raise
-        finally:
-            context.close()
-            chromium.close()
+        b.lab = context.new_page()
+        b.lab.goto(f"{jupyter.url}/lab?token={jupyter.token}")
+        yield b
+        assert_password_kept_out(b)
 
 
 def assert_password_kept_out(b: Browser) -> None:

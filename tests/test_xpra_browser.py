@@ -21,25 +21,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import ARTIFACTS, screenshot_every_tab
+from conftest import ARTIFACTS, VIEWPORT, chromium
 from PIL import Image
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-VIEWPORT = {"width": 1280, "height": 800}
 TITLE = "Xpra Desktop"
 
 # Pixel classes: xterm's default colours are black text on white; Xpra's page
@@ -257,21 +246,12 @@ def test_xpra_desktop_in_chromium(jupyter):
     requested: list[str] = []
     responses: list[tuple[str, int, dict]] = []
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport=VIEWPORT)
+    with chromium("xpra-failure") as context:
         context.on("request", lambda req: requested.append(req.url))
         context.on("response", lambda r: responses.append((r.url, r.status, dict(r.headers))))
         context.on("page", lambda p: p.on("websocket", lambda ws: requested.append(ws.url)))
         lab = context.new_page()
-        try:
-            run_scenario(jupyter, context, lab, tag, requested, responses)
-        except BaseException:
-            screenshot_every_tab(context, "xpra-failure")
-            raise
-        finally:
-            context.close()
-            browser.close()
+        run_scenario(jupyter, context, lab, tag, requested, responses)
 
 
 def run_scenario(jupyter, context, lab: Page, tag, requested, responses) -> None:

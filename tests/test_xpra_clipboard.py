@@ -39,15 +39,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, screenshot_every_tab
+from conftest import ARTIFACTS, chromium
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 from processes import find_process
 from test_xpra_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     CONNECTED_JS,
-    VIEWPORT,
     Box,
     log_tail,
     page_state,
@@ -210,23 +207,16 @@ def test_clipboard_both_ways(jupyter):
     console: list[str] = []
     owners: list[subprocess.Popen] = []
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport=VIEWPORT)
+    with chromium(f"xpra-{PREFIX}-failure") as context:
         context.grant_permissions(["clipboard-read", "clipboard-write"], origin=jupyter.url)
         context.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
         try:
             run_scenario(jupyter, context, console, owners)
-        except BaseException:
-            screenshot_every_tab(context, f"xpra-{PREFIX}-failure")
-            raise
         finally:
             for proc in owners:
                 if proc.poll() is None:
                     proc.terminate()
                     proc.wait(10)
-            context.close()
-            browser.close()
 
 
 def run_scenario(jupyter, context, console: list[str], owners: list[subprocess.Popen]) -> None:

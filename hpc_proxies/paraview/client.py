@@ -135,10 +135,11 @@ def find_jupyter_server() -> JupyterServer:
     with contextlib.suppress(ValueError):
         parents.add(int(os.environ.get("JPY_PARENT_PID", "")))
     files = _server_files()
-    live = [info for path, info in files if _written_by_its_process(path, info)]
-    mine = [info for info in live if info["pid"] in parents and _answers(info)]
+    answering = [
+        info for path, info in files if _written_by_its_process(path, info) and _answers(info)
+    ]
+    mine = [info for info in answering if info["pid"] in parents]
     if not mine:
-        answering = [info for info in live if _answers(info)]
         mine = answering if len(answering) == 1 else []
         if not mine:
             raise JupyterServerNotFound(

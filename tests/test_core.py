@@ -155,6 +155,17 @@ async def until_failed(launcher: Launcher, timeout: float = 10) -> None:
     raise AssertionError(f"launcher still {launcher.state}")
 
 
+async def start_until_failed(launcher: Launcher) -> None:
+    """Start the app, with the launcher told of its exit (SIGCHLD), until it has failed."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGCHLD, launcher.on_sigchld)
+    try:
+        launcher.start_app()
+        await until_failed(launcher)
+    finally:
+        loop.remove_signal_handler(signal.SIGCHLD)
+
+
 async def test_missing_executable_gives_a_readable_page(tmp_path):
     app = _app((Requirement("no-such-tool-hpc", "on Debian: apt install no-such-tool"),))
     launcher = Launcher(app, ensure_private_dir(tmp_path / "run") / "socket", "/demo/", None)
@@ -176,14 +187,8 @@ async def test_missing_executable_gives_a_readable_page(tmp_path):
 async def test_failure_page_escapes_app_output(tmp_path):
     app = _app((Requirement("sh", ""),), lambda launch: ["sh", "-c", "echo '<script>x</script>'"])
     launcher = Launcher(app, ensure_private_dir(tmp_path / "run") / "socket", "/demo/", None)
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGCHLD, launcher.on_sigchld)
-    try:
-        launcher.start_app()
-        await until_failed(launcher)
-        status, _, body = launcher.render(probe=False)
-    finally:
-        loop.remove_signal_handler(signal.SIGCHLD)
+    await start_until_failed(launcher)
+    status, _, body = launcher.render(probe=False)
     html = body.decode()
     assert status == 502
     assert "Demo App stopped during start-up" in html
@@ -198,13 +203,7 @@ async def test_a_runaway_output_line_is_cut_in_the_log(tmp_path, capfd):
 
     app = _app((Requirement("sh", ""),), lambda launch: ["sh", "-c", "printf '%0100000d'"])
     launcher = Launcher(app, ensure_private_dir(tmp_path / "run") / "socket", "/demo/", None)
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGCHLD, launcher.on_sigchld)
-    try:
-        launcher.start_app()
-        await until_failed(launcher)
-    finally:
-        loop.remove_signal_handler(signal.SIGCHLD)
+    await start_until_failed(launcher)
     logged = [line for line in capfd.readouterr().err.splitlines() if "000000" in line]
     assert logged, "the app's output line is not in the log at all"
     assert all(len(line) < LOG_LINE_MAX + 100 for line in logged), [len(x) for x in logged]

@@ -22,7 +22,8 @@ from conftest import free_port, kill_leftovers, start_jupyter  # noqa: E402, F40
 
 from hpc_proxies import config, procs  # noqa: E402
 from hpc_proxies.executables import requirements, resolve  # noqa: E402
-from hpc_proxies.launcher import greets, http_answers, prepare_start, start_env  # noqa: E402
+from hpc_proxies.launcher import prepare_start, start_env  # noqa: E402
+from hpc_proxies.launcher.readiness import greets, http_answers  # noqa: E402
 from hpc_proxies.spec import AppSpec, Launch  # noqa: E402
 
 PROBE = {"X-HPC-Proxies-Probe": "1"}

@@ -20,7 +20,7 @@ from pathlib import Path
 import tomllib
 
 from hpc_proxies import config
-from hpc_proxies.xpra import setup_xpra
+from hpc_proxies.jupyter.entrypoints import setup_xpra
 
 SITE = """
 [apps.xpra]

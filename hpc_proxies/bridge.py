@@ -11,49 +11,23 @@ slow browser). This bridge is a companion process on the app's private socket:
 * ``GET /`` sends the browser on to ``PAGE`` with the query the client needs;
 * every other path is a file of ``DIR`` (no CSP sandbox, so ES modules load);
 * a websocket on ``/websockify`` is joined to ``--target``, with backpressure both
-  ways and no permessage-deflate (which would cost the proxy hop a factor of ten).
+  ways and no permessage-deflate (which would cost the proxy hop a factor of ten):
+  :func:`hpc_proxies.wsjoin.join`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import html
-import json
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-CHUNK = 256 * 1024
-
-
-async def _target_to_browser(reader: asyncio.StreamReader, ws: web.WebSocketResponse) -> None:
-    while chunk := await reader.read(CHUNK):
-        await ws.send_bytes(chunk)  # waits while the browser side is slow: backpressure
-
-
-async def _browser_to_target(ws: web.WebSocketResponse, writer: asyncio.StreamWriter) -> None:
-    async for msg in ws:
-        if msg.type == WSMsgType.BINARY:
-            writer.write(msg.data)
-        elif msg.type == WSMsgType.TEXT:
-            writer.write(msg.data.encode())
-        else:
-            break
-        await writer.drain()  # waits while the target is slow
-
-
-async def until_either_ends(*directions) -> None:
-    """Run both directions of a joined connection; when one ends, cancel the other."""
-    tasks = [asyncio.ensure_future(direction) for direction in directions]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
+from .pages import render_template
+from .wsjoin import Side, join
 
 
 async def serve_until_stopped(
@@ -84,19 +58,14 @@ def make_app(target: Path, web_dir: Path, index: str, query: str) -> web.Applica
             await ws.close(code=1011, message=f"cannot reach the app: {err.strerror}".encode())
             return ws
         try:
-            await until_either_ends(_browser_to_target(ws, writer), _target_to_browser(reader, ws))
+            await join(Side.websocket(ws), Side.stream(reader, writer))
         finally:
             writer.close()
             await ws.close()
         return ws
 
     async def start_page(request: web.Request) -> web.Response:
-        url = f"{index}?{query}"
-        body = (
-            "<!DOCTYPE html><meta charset='utf-8'><title>Opening…</title>"
-            f"<a href='{html.escape(url)}'>Open the desktop</a>"
-            f"<script>location.replace({json.dumps(url)})</script>"
-        )
+        body = render_template("bridge_start.html", url=f"{index}?{query}")
         return web.Response(text=body, content_type="text/html")
 
     app = web.Application()

@@ -12,6 +12,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .problems import CannotStart, Problem
+
+__all__ = [
+    "AppSpec",
+    "CannotStart",
+    "Flag",
+    "Launch",
+    "Parameter",
+    "Problem",
+    "Requirement",
+    "Setting",
+]
+
 
 @dataclass(frozen=True)
 class Requirement:
@@ -24,18 +37,6 @@ class Requirement:
 
 
 Requirements = tuple[Requirement, ...]
-
-
-class CannotStart(Exception):
-    """The app cannot start here for a reason the user or admin can fix (a flag the
-    installed program lacks, a directory that does not exist): the launcher shows
-    ``paragraphs`` (HTML; callers escape what they insert) instead of starting it."""
-
-    def __init__(self, heading: str, paragraphs: list[str], status: int = 503):
-        super().__init__(heading)
-        self.heading = heading
-        self.paragraphs = paragraphs
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Shared fixtures: a real Jupyter server on a random port with a token, and process helpers."""
+"""Shared fixtures: a real Jupyter server on a random port with a token, and process helpers.
+
+The browser tests' helpers are in ``browser.py``; waiting for a condition is ``waiting.until``."""
 
 from __future__ import annotations
 
@@ -9,23 +11,21 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hpc_proxies import procs
+from processes import LocalUser, ordinary_user, wait_gone
+from waiting import until
 
-if TYPE_CHECKING:
-    from processes import LocalUser
+from hpc_proxies import procs
 
 ARTIFACTS = Path(
     os.environ.get("HPC_PROXIES_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts")
@@ -86,23 +86,30 @@ class JupyterServer:
 
     def wait_for_app(self, path: str, timeout: float = 90) -> Response:
         """Request ``path`` until the app itself answers (not our progress page)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            resp = self.request(path)
-            if "X-HPC-Proxies-State" not in resp.headers and resp.status < 500:
-                return resp
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{path} still not ready: {resp.status} {resp.text[:2000]}")
-            time.sleep(0.25)
+        return self._request_until(
+            path, lambda resp: "X-HPC-Proxies-State" not in resp.headers and resp.status < 500,
+            timeout, f"{path} still not ready",
+        )
 
     def wait_for_text(self, path: str, text: str, timeout: float = 15) -> Response:
         """Request ``path`` until the page contains ``text`` (e.g. past the progress page)."""
-        deadline = time.monotonic() + timeout
-        resp = self.request(path)
-        while text not in resp.text and time.monotonic() < deadline:
-            time.sleep(0.25)
-            resp = self.request(path)
-        return resp
+        return self._request_until(
+            path, lambda resp: text in resp.text, timeout, f"{path} never showed {text!r}"
+        )
+
+    def _request_until(self, path: str, good, timeout: float, what: str) -> Response:
+        """Request ``path`` every 0.25 s until ``good(response)``; the failure shows the
+        last response."""
+        last: list[Response] = []
+
+        def answered() -> Response | None:
+            last[:] = [self.request(path)]
+            return last[0] if good(last[0]) else None
+
+        try:
+            return until(answered, timeout, what, interval=0.25)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; {last[0].status} {last[0].text[:2000]}") from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -183,18 +190,22 @@ def start_jupyter(
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     server = JupyterServer(proc, port, token, log_path, root)
-    deadline = time.monotonic() + 60
-    while True:
+
+    def up_or_exited() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"jupyter exited early:\n{server.log()}")
+            return True
         try:
-            if server.request("/api/status").status == 200:
-                return server
+            return server.request("/api/status").status == 200
         except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"jupyter did not start:\n{server.log()}")
-        time.sleep(0.2)
+            return False  # not listening yet
+
+    try:
+        until(up_or_exited, 60, "jupyter did not start", interval=0.2)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{server.log()}") from None
+    if proc.poll() is not None:
+        raise AssertionError(f"jupyter exited early:\n{server.log()}")
+    return server
 
 
 def python_for_anyone(directory: Path) -> str:
@@ -220,13 +231,7 @@ def python_for_anyone(directory: Path) -> str:
 
 def kill_leftovers(pids: set[int], grace: float = 15) -> None:
     """After a test: give the launchers time to stop their apps, then kill what is left."""
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        pids = {pid for pid in pids if (info := procs.proc_info(pid)) and info.state != "Z"}
-        if not pids:
-            return
-        time.sleep(0.1)
-    procs.send(pids, signal.SIGKILL)
+    procs.send(wait_gone(pids, grace), signal.SIGKILL)
 
 
 @contextmanager
@@ -263,8 +268,6 @@ def jupyter(tmp_path):
 @pytest.fixture(scope="session")
 def neighbour():
     """A second ordinary user of this machine: the neighbour on a shared node."""
-    from processes import ordinary_user
-
     return ordinary_user("hpcp-neighbour")
 
 
@@ -286,53 +289,6 @@ def shared_jupyter(tmp_path_factory):
     """One Jupyter server shared by the tests of a module that do not stop it."""
     with jupyter_with_site(tmp_path_factory.mktemp("jupyter")) as server:
         yield server
-
-
-#: Debian's chromium, driven by playwright (no browser download), with nothing that
-#: reaches beyond this machine: this network refuses such connections anyway.
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-VIEWPORT = {"width": 1280, "height": 800}
-
-
-@contextmanager
-def chromium(failure_prefix: str, viewport: dict | None = None):
-    """A browser context in Debian's chromium, closed after; if the body fails, every
-    tab's screenshot is kept as ``ARTIFACTS/<failure_prefix>-N.png``."""
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport=viewport or VIEWPORT)
-        try:
-            yield context
-        except BaseException:
-            screenshot_every_tab(context, failure_prefix)
-            raise
-        finally:
-            context.close()
-            browser.close()
-
-
-def screenshot_every_tab(context, prefix: str) -> None:
-    """On a failing browser test: keep what each tab showed, as ARTIFACTS/<prefix>-N.png."""
-    from playwright.sync_api import Error as PlaywrightError
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for i, page in enumerate(context.pages):
-        try:
-            page.screenshot(path=ARTIFACTS / f"{prefix}-{i}.png")
-        except PlaywrightError:
-            pass  # a tab that is already gone
 
 
 _skipped: list[str] = []

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import pwd
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from waiting import until
 
 from hpc_proxies import procs
 
@@ -91,12 +93,17 @@ def alive(pids: set[int]) -> set[int]:
 
 
 def wait_gone(pids: set[int], timeout: float) -> set[int]:
-    """Wait until none of ``pids`` runs any more; return those still running."""
-    deadline = time.monotonic() + timeout
-    left = alive(pids)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
+    """Wait until none of ``pids`` runs any more; return those still running (empty
+    if all went), for the caller's assertion to name them."""
+    left = set(pids)
+
+    def gone() -> bool:
+        nonlocal left
         left = alive(left)
+        return not left
+
+    with contextlib.suppress(AssertionError):
+        until(gone, timeout, "the processes to end", interval=0.1)
     return left
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import json
-import time
 from pathlib import Path
 
 import pytest
 from conftest import start_jupyter
+from waiting import until
 
 from hpc_proxies import procs
 
@@ -35,9 +36,13 @@ def xpra_entry(server) -> dict:
     return entry
 
 
-def launcher_only(server) -> None:
-    """Nothing but the launcher may run: a disabled app is never started."""
-    time.sleep(1)
+def launcher_only(server, refusal: str) -> None:
+    """Nothing but the launcher runs: it refused the app for good when it started (it
+    logs ``refusal``, the problem's summary, when it decides; the pages served since
+    come from that decision), and it has started nothing, then or for any request since."""
+    logged = f"[hpc-proxies xpra] Xpra Desktop: {refusal}"
+    until(lambda: logged in server.log(), 10, f"the launcher to log {logged!r}")
+    assert "[hpc-proxies xpra] started pid" not in server.log()
     launcher = server.launcher_pid("xpra")
     assert procs.descendants(launcher) == set()
 
@@ -59,7 +64,7 @@ def test_disabled_on_a_system_removes_the_tile_and_explains(configured):
     assert "Try again" not in page.text  # trying again cannot help
     assert "<a href='/lab'>Back to JupyterLab</a>" in page.text
     assert server.request("/xpra/").status == 403  # every time, not just once
-    launcher_only(server)
+    launcher_only(server, "is disabled here")
 
 
 def test_executable_setup_and_environment_change_how_xpra_starts(configured, tmp_path):
@@ -99,7 +104,7 @@ def test_a_broken_file_disables_everything_and_shows_the_error(configured):
     log = server.log()
     assert "xpra is disabled: the hpc-proxies site configuration is invalid" in log
     assert f"{path}: line 3: TOML syntax error" in log
-    launcher_only(server)
+    launcher_only(server, "is unavailable: the site configuration is invalid")
 
 
 def test_a_setup_snippet_that_hides_the_program_gives_the_missing_page(configured):
@@ -107,7 +112,8 @@ def test_a_setup_snippet_that_hides_the_program_gives_the_missing_page(configure
     resp = server.wait_for_text("/xpra/", "not installed")
     assert resp.status == 503
     assert "Xpra Desktop is not installed here" in resp.text
-    assert "after the site's setup snippet <code>export PATH=/nonexistent</code>" in resp.text
+    shown = html.unescape(resp.text)  # what the user reads (the page escapes every ')
+    assert "after the site's setup snippet <code>export PATH=/nonexistent</code>" in shown
 
 
 def session_argvs(server) -> list[list[bytes]]:
@@ -120,13 +126,15 @@ def session_argvs(server) -> list[list[bytes]]:
     return argvs
 
 
+def site_session(server) -> list[list[bytes]]:
+    """The processes of the session the site configured (``xterm -title site-session``)."""
+    configured = [b"xterm", b"-title", b"site-session"]
+    return [argv for argv in session_argvs(server) if argv[:3] == configured]
+
+
 def test_session_and_desktop_mode(configured):
     server, _ = configured('[apps.xpra]\nmode = "desktop"\nsession = "xterm -title site-session"\n')
     assert "xpra websockets client" in server.wait_for_app("/xpra/").text
     argvs = session_argvs(server)
     assert any(argv[1:3] == [b"/usr/bin/xpra", b"start-desktop"] for argv in argvs), argvs
-    deadline = time.monotonic() + 20
-    while not any(argv[:3] == [b"xterm", b"-title", b"site-session"] for argv in argvs):
-        assert time.monotonic() < deadline, argvs
-        time.sleep(0.2)
-        argvs = session_argvs(server)
+    until(lambda: site_session(server), 20, "the site's session to start", interval=0.2)

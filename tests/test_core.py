@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import os
 import signal
@@ -12,23 +13,28 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from waiting import until_async
 
-from hpc_proxies import pages
+from hpc_proxies import config, pages
 from hpc_proxies.executables import MissingExecutables, resolve
+from hpc_proxies.jupyter.serverproxy import (
+    InvalidServerProcess,
+    inject_into_head,
+    server_process,
+    template_literal,
+    validate_server_process,
+)
 from hpc_proxies.launcher import Launcher, prepare_start, start_env
+from hpc_proxies.launcher import web as launcher_web
+from hpc_proxies.launcher.handover import OwnedListener
+from hpc_proxies.layout import LaunchLayout
 from hpc_proxies.runtime import (
     UnsafeRuntimeDir,
     ensure_private_dir,
     read_secret,
     write_private_file,
     write_secret,
-)
-from hpc_proxies.serverproxy import (
-    InvalidServerProcess,
-    inject_into_head,
-    server_process,
-    template_literal,
-    validate_server_process,
 )
 from hpc_proxies.spec import AppSpec, Launch, Requirement
 from hpc_proxies.xpra import APP as XPRA
@@ -147,49 +153,65 @@ def _app(requires, command=lambda launch: ["true"]) -> AppSpec:
     return AppSpec(name="demo", title="Demo App", icon="", requires=requires, command=command)
 
 
-async def until_failed(launcher: Launcher, timeout: float = 10) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if launcher.state == "failed":
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"launcher still {launcher.state}")
+def launcher_for(app: AppSpec, tmp_path: Path, prefix: str = "/demo/") -> Launcher:
+    """A supervisor for ``app`` with the default settings (never this machine's)."""
+    runtime = ensure_private_dir(tmp_path / "run")
+    return Launcher(app, LaunchLayout(runtime / "socket"), prefix, config.load(env={}, files=[]))
 
 
-async def start_until_failed(launcher: Launcher) -> None:
-    """Start the app, with the launcher told of its exit (SIGCHLD), until it has failed."""
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGCHLD, launcher.on_sigchld)
+@contextlib.asynccontextmanager
+async def serving(launcher: Launcher):
+    """The supervisor serving (and starting its app) for the block; stopped after it."""
+    await launcher.serve()
     try:
-        launcher.start_app()
-        await until_failed(launcher)
+        yield launcher
     finally:
-        loop.remove_signal_handler(signal.SIGCHLD)
+        launcher.request_shutdown(signal.SIGTERM)
+        await asyncio.wait_for(launcher.done.wait(), 15)
+
+
+async def get_page(launcher: Launcher) -> tuple[int, str, str]:
+    """(status, content type, body) of a browser's request for the app's page."""
+    reader, writer = await asyncio.open_unix_connection(str(launcher.layout.socket))
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.decode().partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+    return int(lines[0].split()[1]), headers.get("content-type", ""), body
+
+
+async def until_failed(launcher: Launcher, timeout: float = 10) -> None:
+    await until_async(lambda: launcher.state == "failed", timeout, "the launcher failed")
 
 
 async def test_missing_executable_gives_a_readable_page(tmp_path):
     app = _app((Requirement("no-such-tool-hpc", "on Debian: apt install no-such-tool"),))
-    launcher = Launcher(app, ensure_private_dir(tmp_path / "run") / "socket", "/demo/", None)
-    launcher.start_app()
-    assert launcher.state == "starting"  # the progress page shows while programs are looked up
-    assert launcher.render(probe=False)[0] == 202  # Accepted: not an error in Jupyter's log
-    await until_failed(launcher)
-    status, content_type, body = launcher.render(probe=False)
-    html = body.decode()
-    assert status == 503 and content_type.startswith("text/html")
-    assert "Demo App is not installed here" in html
-    assert "<code>no-such-tool-hpc</code>" in html
-    assert "apt install no-such-tool" in html
-    assert "Traceback" not in html
-    # Shown once; the next request tries again (and fails again, readably).
-    assert launcher.state == "stopped"
+    launcher = launcher_for(app, tmp_path)
+    gate = tmp_path / "gate"
+    gate.touch()  # the site's setup snippet waits while it exists: the lookup is under way
+    launcher.settings.values["setup"] = f"while [ -e {gate} ]; do sleep 0.02; done"
+    async with serving(launcher):
+        assert launcher.state == "starting"  # the progress page shows while programs are looked up
+        assert (await get_page(launcher))[0] == 202  # Accepted: not an error in Jupyter's log
+        gate.unlink()
+        await until_failed(launcher)
+        status, content_type, html = await get_page(launcher)
+        assert status == 503 and content_type.startswith("text/html")
+        assert "Demo App is not installed here" in html
+        assert "<code>no-such-tool-hpc</code>" in html
+        assert "apt install no-such-tool" in html
+        assert "Traceback" not in html
+        # Shown once; the next request tries again (and fails again, readably).
+        assert launcher.state == "stopped"
 
 
 async def test_failure_page_escapes_app_output(tmp_path):
     app = _app((Requirement("sh", ""),), lambda launch: ["sh", "-c", "echo '<script>x</script>'"])
-    launcher = Launcher(app, ensure_private_dir(tmp_path / "run") / "socket", "/demo/", None)
-    await start_until_failed(launcher)
-    status, _, body = launcher.render(probe=False)
-    html = body.decode()
+    async with serving(launcher_for(app, tmp_path)) as launcher:
+        await until_failed(launcher)
+        status, _, html = await get_page(launcher)
     assert status == 502
     assert "Demo App stopped during start-up" in html
     assert "&lt;script&gt;x&lt;/script&gt;" in html
@@ -202,8 +224,8 @@ async def test_a_runaway_output_line_is_cut_in_the_log(tmp_path, capfd):
     from hpc_proxies.launcher import LOG_LINE_MAX
 
     app = _app((Requirement("sh", ""),), lambda launch: ["sh", "-c", "printf '%0100000d'"])
-    launcher = Launcher(app, ensure_private_dir(tmp_path / "run") / "socket", "/demo/", None)
-    await start_until_failed(launcher)
+    async with serving(launcher_for(app, tmp_path)) as launcher:
+        await until_failed(launcher)
     logged = [line for line in capfd.readouterr().err.splitlines() if "000000" in line]
     assert logged, "the app's output line is not in the log at all"
     assert all(len(line) < LOG_LINE_MAX + 100 for line in logged), [len(x) for x in logged]
@@ -247,31 +269,34 @@ async def test_a_failing_preparation_step_gives_a_readable_page(tmp_path):
         command=lambda launch: ["sh", "-c", "sleep 30"],
         prepare=prepare,
     )
-    launcher = Launcher(app, ensure_private_dir(tmp_path / "run") / "socket", "/demo/", None)
-    launcher.start_app()
-    await until_failed(launcher)
-    status, _, body = launcher.render(probe=False)
-    html = body.decode()
-    assert status == 502
-    assert "Demo App could not be started" in html
-    assert "returned non-zero exit status 4" in html
-    assert not (tmp_path / "run" / "app").exists(), "the start's private files are removed"
+    async with serving(launcher_for(app, tmp_path)) as launcher:
+        await until_failed(launcher)
+        status, _, html = await get_page(launcher)
+        assert status == 502
+        assert "Demo App could not be started" in html
+        assert "returned non-zero exit status 4" in html
+        await until_async(
+            lambda: not (tmp_path / "run" / "app").exists(), 10, "the start's files are removed"
+        )
 
 
 async def test_connections_queued_at_the_hand_over_are_answered(tmp_path):
     """When the launcher hands its socket's path to the app, requests that already
     reached the launcher still get an answer (they used to hang, unanswered, when the
     hand-over closed the listener while it was accepting)."""
-    runtime = ensure_private_dir(tmp_path / "run")
-    launcher = Launcher(XPRA, runtime / "socket", "/xpra/", None)
-    await launcher.listen()
+    launcher = launcher_for(XPRA, tmp_path, "/xpra/")
+    runner = web.AppRunner(launcher_web.page_app(launcher))
+    await runner.setup()
+    listener = OwnedListener(launcher.layout.socket, runner.server, launcher.log)
+    listener.listen()
     clients = []
     for _ in range(5):
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        client.connect(str(runtime / "socket"))  # queued: the loop has not accepted yet
-        client.sendall(f"GET / HTTP/1.0\r\n{pages.PROBE_HEADER}: 1\r\n\r\n".encode())
+        client.connect(str(launcher.layout.socket))  # queued: the loop has not accepted yet
+        probe = f"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{pages.PROBE_HEADER}: 1\r\n"
+        client.sendall(f"{probe}\r\n".encode())
         clients.append(client)
-    launcher.stop_listening()
+    listener.stop_listening()
     for client in clients:
         reader, writer = await asyncio.open_unix_connection(sock=client)
         answer = await asyncio.wait_for(reader.read(), 10)
@@ -279,3 +304,4 @@ async def test_connections_queued_at_the_hand_over_are_answered(tmp_path):
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         assert b'"app": "xpra"' in answer
     assert launcher.state == "stopped", "a probe starts nothing"
+    await runner.cleanup()

@@ -6,7 +6,6 @@ script, directories named in a URL, and redirects to another host."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -17,13 +16,15 @@ from types import SimpleNamespace
 
 import pytest
 from tornado.httputil import HTTPHeaders
+from waiting import until_async
 
-from hpc_proxies import pages
+from hpc_proxies import config, pages
 from hpc_proxies.executables import python_of, resolve, supported_flags
+from hpc_proxies.jupyter.serverproxy import ask_launcher, redirect_to_this_host, server_process
 from hpc_proxies.launcher import CONTROL_SOCKET, MAY_RELAUNCH, Launcher, request_origin
+from hpc_proxies.layout import LaunchLayout
 from hpc_proxies.rstudio import APP as RSTUDIO
 from hpc_proxies.runtime import ensure_private_dir, existing_directory
-from hpc_proxies.serverproxy import redirect_to_this_host, server_process
 from hpc_proxies.spec import AppSpec, Flag, Parameter, Requirement
 
 # A tiny app: HTTP on the unix socket in argv[1], answering with its argv[2].
@@ -204,16 +205,31 @@ async def wait_for_value(socket_path: Path, value: str) -> None:
 
 
 async def control(runtime: Path, message: object) -> dict | None:
-    reader, writer = await asyncio.open_unix_connection(str(runtime / CONTROL_SOCKET))
-    writer.write(json.dumps(message).encode() + b"\n")
-    line = await reader.readline()
-    writer.close()
-    return json.loads(line) if line else None
+    """What the Jupyter side gets from the launcher's control API for ``message``."""
+    return await asyncio.to_thread(ask_launcher, runtime / CONTROL_SOCKET, message)
+
+
+def launcher_for(app: AppSpec, runtime: Path, prefix: str = "/demo/") -> Launcher:
+    """A supervisor for ``app`` with the default settings (never this machine's)."""
+    return Launcher(app, LaunchLayout(runtime / "socket"), prefix, config.load(env={}, files=[]))
+
+
+async def first_failure(app: AppSpec, tmp_path: Path, prefix: str = "/demo/"):
+    """Start ``app`` in a supervisor until it fails: (status, page, supervisor)."""
+    launcher = launcher_for(app, ensure_private_dir(tmp_path / "run"), prefix)
+    await launcher.serve()
+    try:
+        await until_async(lambda: launcher.state == "failed", 10, "the launcher failed")
+        status, _, body = await get(launcher.layout.socket, "/")
+        return status, body, launcher
+    finally:
+        launcher.request_shutdown(signal.SIGTERM)
+        await asyncio.wait_for(launcher.done.wait(), 15)
 
 
 async def test_a_url_parameter_starts_relaunches_and_refuses_bad_values(tmp_path):
     runtime = ensure_private_dir(tmp_path / "run")
-    launcher = Launcher(demo_app(tmp_path), runtime / "socket", "/demo/", None)
+    launcher = launcher_for(demo_app(tmp_path), runtime)
     task = asyncio.create_task(launcher.run())
     sock = runtime / "socket"
     try:
@@ -224,7 +240,7 @@ async def test_a_url_parameter_starts_relaunches_and_refuses_bad_values(tmp_path
         assert oct((runtime / CONTROL_SOCKET).stat().st_mode & 0o777) == "0o600"
         # The first start takes the default; a request to the launcher may choose another.
         await wait_for_value(sock, str(tmp_path / "one"))
-        assert launcher.current == {"dir": str(tmp_path / "one")}
+        assert launcher.params.current == {"dir": str(tmp_path / "one")}
 
         # While the app runs, the Jupyter side passes a choice on: the socket is the
         # launcher's again by the time the answer comes, then the app has the new value.
@@ -255,7 +271,7 @@ async def test_a_url_parameter_starts_relaunches_and_refuses_bad_values(tmp_path
         # After the app exits, a request to the launcher with a value starts it with that.
         os.kill(launcher.proc.pid, signal.SIGKILL)
         for _ in range(100):
-            if launcher.state == "stopped" and launcher.server is not None:
+            if launcher.state == "stopped" and launcher.listener.listening:
                 break
             await asyncio.sleep(0.05)
         status, headers, body = await get(sock, "/?dir=nope")
@@ -301,7 +317,9 @@ def test_the_confirmation_page_names_the_values_escaped_and_asks_from_our_origin
     assert "<th>data directory</th><td><code>/d/&lt;b&gt;two</code></td>" in html
     assert "<th>now</th><td><code>/d/one&amp;</code></td>" in html and "<b>" not in html
     assert "<button id='confirm' type='button'>Open this data directory</button>" in html
-    assert f"headers: {{'{pages.CONFIRM_HEADER}': '1'}}" in html
+    # The button sends this header (test_tensorboard_browser clicks it and sees the
+    # relaunch logged as "request: confirmed").
+    assert f"data-confirm-header='{pages.CONFIRM_HEADER}'" in html
     assert "<a id='keep' href='/demo/'>Keep Demo App as it is</a>" in html
     assert "restarts Demo App" in html
     several = pages.confirm_page(
@@ -320,7 +338,7 @@ async def test_a_new_value_from_another_site_is_asked_for_and_changes_nothing(tm
     gate = tmp_path / "gate"
     gate.touch()
     runtime = ensure_private_dir(tmp_path / "run")
-    launcher = Launcher(demo_app(tmp_path, gate), runtime / "socket", "/demo/", None)
+    launcher = launcher_for(demo_app(tmp_path, gate), runtime)
     task = asyncio.create_task(launcher.run())
     sock = runtime / "socket"
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
@@ -342,7 +360,7 @@ async def test_a_new_value_from_another_site_is_asked_for_and_changes_nothing(tm
             assert f"<th>now</th><td><code>{one}</code></td>" in reply["page"]
             assert "restarts Demo App, which is running now" in reply["page"]
             assert launcher.state == "running" and launcher.proc.pid == running
-            assert launcher.chosen == {} and launcher.generation == 1
+            assert launcher.params.chosen == {} and launcher.lifecycle.generation == 1
         await wait_for_value(sock, one)
         # The value it runs with already: nothing to ask.
         same = await control(runtime, {"params": {"dir": one}, "origin": "cross-site"})
@@ -357,7 +375,7 @@ async def test_a_new_value_from_another_site_is_asked_for_and_changes_nothing(tm
             if launcher.proc is not None and launcher.proc.pid != running:
                 break
             await asyncio.sleep(0.05)
-        starting, generation = launcher.proc.pid, launcher.generation
+        starting, generation = launcher.proc.pid, launcher.lifecycle.generation
         for headers in ({"Sec-Fetch-Site": "cross-site"}, {}):
             status, got, body = await get(sock, "/?dir=one", headers=headers)
             assert status == 409 and got[pages.STATE_HEADER] == "starting", (status, body)
@@ -365,7 +383,7 @@ async def test_a_new_value_from_another_site_is_asked_for_and_changes_nothing(tm
             assert got["Cache-Control"] == "no-store"
             assert f"<h1>Open Demo App on {one}?</h1>" in body
             assert f"<th>now</th><td><code>{two}</code></td>" in body
-            assert (launcher.proc.pid, launcher.generation) == (starting, generation)
+            assert (launcher.proc.pid, launcher.lifecycle.generation) == (starting, generation)
         gate.touch()
         await wait_for_value(sock, two)
         assert launcher.proc.pid == starting
@@ -373,14 +391,14 @@ async def test_a_new_value_from_another_site_is_asked_for_and_changes_nothing(tm
         # Stopped: a link's value neither starts the app nor is kept for the next start.
         os.kill(launcher.proc.pid, signal.SIGKILL)
         for _ in range(100):
-            if launcher.state == "stopped" and launcher.server is not None:
+            if launcher.state == "stopped" and launcher.listener.listening:
                 break
             await asyncio.sleep(0.05)
         status, got, body = await get(sock, "/?dir=one", headers={"Sec-Fetch-Site": "cross-site"})
         assert status == 409 and got[pages.STATE_HEADER] == "stopped", (status, body)
         assert "Demo App starts with it." in body
         assert launcher.state == "stopped" and launcher.proc is None
-        assert launcher.chosen == {"dir": two}
+        assert launcher.params.chosen == {"dir": two}
         # Our own page asks again (its button): that starts it with the value.
         status, got, _ = await get(sock, "/?dir=one", headers={pages.CONFIRM_HEADER: "1"})
         assert status == 202 and got[pages.STATE_HEADER] == "starting"
@@ -406,15 +424,9 @@ async def test_a_bad_default_gives_a_page_not_a_start(tmp_path):
             ),
         }
     )
-    launcher = Launcher(app, ensure_private_dir(tmp_path / "run") / "socket", "/demo/", None)
-    launcher.start_app()
-    for _ in range(100):
-        if launcher.state == "failed":
-            break
-        await asyncio.sleep(0.05)
-    status, _, body = launcher.render(probe=False)
+    status, body, launcher = await first_failure(app, tmp_path)
     assert status == 404
-    assert f"{tmp_path / 'gone'} does not exist" in body.decode()
+    assert f"{tmp_path / 'gone'} does not exist" in body
     assert launcher.proc is None
 
 
@@ -436,16 +448,7 @@ def flag_app(program: Path) -> AppSpec:
 
 async def test_a_missing_required_flag_gives_a_page_naming_it(tmp_path):
     program = fake_program(tmp_path / "prog", "Options:\n  --b arg  bee")
-    launcher = Launcher(
-        flag_app(program), ensure_private_dir(tmp_path / "run") / "socket", "/", None
-    )
-    launcher.start_app()
-    for _ in range(200):
-        if launcher.state == "failed":
-            break
-        await asyncio.sleep(0.05)
-    status, _, body = launcher.render(probe=False)
-    html = body.decode()
+    status, html, launcher = await first_failure(flag_app(program), tmp_path, "/")
     assert status == 503
     assert "Demo App cannot run with the version installed here" in html
     assert f"<code>{program} --help</code> does not list <code>--a</code>" in html
@@ -462,16 +465,15 @@ async def test_optional_flags_are_used_only_when_listed(tmp_path, help_text, exp
     """``--b`` is used only if listed; ``--c`` is listed but not declared, so never asked."""
     program = fake_program(tmp_path / "prog", help_text)
     runtime = ensure_private_dir(tmp_path / "run")
-    launcher = Launcher(flag_app(program), runtime / "socket", "/", None)
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGCHLD, launcher.on_sigchld)
+    launcher = launcher_for(flag_app(program), runtime, "/")
+    await launcher.serve()
     try:
-        launcher.start_app()
-        for _ in range(200):
-            if any(line.startswith(str(program)) for line in launcher.tail):
-                break
-            await asyncio.sleep(0.05)
+        await until_async(
+            lambda: any(line.startswith(str(program)) for line in launcher.tail),
+            10,
+            "the app printed its argv",
+        )
         assert f"{program} {expected}".strip() in list(launcher.tail), list(launcher.tail)
     finally:
-        await launcher.stop_app()
-        loop.remove_signal_handler(signal.SIGCHLD)
+        launcher.request_shutdown(signal.SIGTERM)
+        await asyncio.wait_for(launcher.done.wait(), 15)

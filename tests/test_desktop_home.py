@@ -14,7 +14,6 @@ import asyncio
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 from conftest import JupyterServer, jupyter_with_site, python_for_anyone
 from processes import LocalUser, assert_stopping_leaves_nothing, find_process, ordinary_user
 from rfb_wire import handshake as rfb_handshake
+from waiting import until
 from xpra_wire import PacketReader, challenge_response, encode_packet, make_hello
 
 from hpc_proxies import procs
@@ -136,16 +136,14 @@ SESSION_PROGRAM = {"xpra": "xterm", "vnc": "openbox"}
 
 def session_home(server: JupyterServer, app: str, timeout: float = 15) -> str:
     """HOME as the session's first program sees it (once it has started)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        session = procs.descendants(server.launcher_pid(app))
+
+    def session_program() -> int | None:
         try:
-            pid = find_process(session, SESSION_PROGRAM[app])
-            break
+            return find_process(procs.descendants(server.launcher_pid(app)), SESSION_PROGRAM[app])
         except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+            return None  # not started yet
+
+    pid = until(session_program, timeout, f"{SESSION_PROGRAM[app]} to start", interval=0.1)
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(item.decode().split("=", 1) for item in environ if b"=" in item)["HOME"]
 

@@ -1,6 +1,6 @@
 """What jupyter-server-proxy and simpervisor do that hpc_proxies works around.
 
-Each test pins one upstream behaviour that ``hpc_proxies/serverproxy.py`` or
+Each test pins one upstream behaviour that ``hpc_proxies/jupyter/serverproxy.py`` or
 ``hpc_proxies/launcher.py`` depends on or compensates for. If one fails after an
 upgrade, upstream changed: revisit the workaround named in the test, don't patch
 the test.
@@ -25,8 +25,9 @@ from jupyter_server_proxy.config import ServerProcess
 from jupyter_server_proxy.handlers import SuperviseAndProxyHandler
 from jupyter_server_proxy.utils import call_with_asked_args
 from simpervisor import SupervisedProcess
+from waiting import until, until_async
 
-from hpc_proxies.serverproxy import SERVER_KEYS, template_literal
+from hpc_proxies.jupyter.serverproxy import SERVER_KEYS, template_literal
 
 
 def test_unknown_keys_are_silently_ignored():
@@ -123,13 +124,13 @@ async def test_clean_exit_is_not_restarted_but_a_crash_is_at_once(tmp_path):
     proxy's state; a non-zero exit is restarted immediately, with no back-off."""
     runs = tmp_path / "runs"
 
-    async def count_reaches(n: int, timeout: float = 10) -> int:
-        for _ in range(int(timeout / 0.05)):
-            if runs.exists() and runs.read_text().count("run") >= n:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)  # and no more runs come after it
+    def count() -> int:
         return runs.read_text().count("run") if runs.exists() else 0
+
+    async def count_reaches(n: int, timeout: float = 10) -> int:
+        await until_async(lambda: count() >= n, timeout, f"{n} runs")
+        await asyncio.sleep(0.3)  # and no more runs come after it
+        return count()
 
     clean = SupervisedProcess("clean", "sh", "-c", f"echo run >> {runs}; exit 0")
     await clean.start()
@@ -164,10 +165,7 @@ def test_simpervisor_signals_only_its_direct_child(tmp_path):
     )
     server = subprocess.Popen([sys.executable, str(script)])
     try:
-        for _ in range(100):
-            if pidfile.exists() and pidfile.read_text().strip():
-                break
-            time.sleep(0.05)
+        until(lambda: pidfile.exists() and pidfile.read_text().strip(), 5, "the grandchild's pid")
         grandchild = int(pidfile.read_text())
         server.send_signal(signal.SIGTERM)
         assert server.wait(10) == 0

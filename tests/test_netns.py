@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from network import WITHOUT_USER_NAMESPACES, peer_host
 from processes import wait_gone
+from waiting import until_async
 
 from hpc_proxies import netns
 from hpc_proxies.runtime import ensure_private_dir
@@ -106,17 +107,14 @@ def test_closing_the_relay_ends_its_connections(keeper):
         reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
         writer.write(b"ping")  # no EOF: the server waits for more
         await writer.drain()
-        await asyncio.sleep(0.3)
-        assert len(relay.open) == 2  # the client's socket and the inner one
+        # The client's socket and the inner one, once the relay has connected inside.
+        await until_async(lambda: len(relay.open) == 2, 10, "the relay's two sockets")
         for sock in relay.open:  # small writes go at once (no 40 ms delayed-ACK stalls)
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         await relay.close()
         ended = await asyncio.wait_for(reader.read(), 10)
         writer.close()
-        for _ in range(50):
-            if not relay.open:
-                break
-            await asyncio.sleep(0.1)
+        await until_async(lambda: not relay.open, 5, "the relay to close its sockets", 0.1)
         return ended, len(relay.open), relay.port
 
     ended, still_open, port = asyncio.run(scenario())

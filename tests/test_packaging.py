@@ -13,11 +13,13 @@ def test_wheel_ships_icons_and_entry_points(wheel):
             assert f"hpc_proxies/{app}/__init__.py" in names
         assert "hpc_proxies/tensorboard/serve.py" in names  # run by TensorBoard's own Python
         assert "hpc_proxies/paraview/server.py" in names  # run by ParaView's own Python
+        assert "hpc_proxies/jupyter/entrypoints.py" in names
+        assert "hpc_proxies/launcher/__main__.py" in names  # python -m hpc_proxies.launcher
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         text = zf.read(entry_points).decode()
     assert "[jupyter_serverproxy_servers]" in text
-    assert "xpra = hpc_proxies.xpra:setup_xpra" in text
-    assert "vnc = hpc_proxies.vnc:setup_vnc" in text
-    assert "tensorboard = hpc_proxies.tensorboard:setup_tensorboard" in text
-    assert "rstudio = hpc_proxies.rstudio:setup_rstudio" in text
-    assert "paraview = hpc_proxies.paraview:setup_paraview" in text
+    assert "xpra = hpc_proxies.jupyter.entrypoints:setup_xpra" in text
+    assert "vnc = hpc_proxies.jupyter.entrypoints:setup_vnc" in text
+    assert "tensorboard = hpc_proxies.jupyter.entrypoints:setup_tensorboard" in text
+    assert "rstudio = hpc_proxies.jupyter.entrypoints:setup_rstudio" in text
+    assert "paraview = hpc_proxies.jupyter.entrypoints:setup_paraview" in text

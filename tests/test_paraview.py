@@ -19,12 +19,13 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
-from conftest import ARTIFACTS, chromium, jupyter_with_site
+from browser import chromium, differing, rgb
+from conftest import ARTIFACTS, jupyter_with_site
 from jupyter_client import KernelManager
 from network import WITHOUT_USER_NAMESPACES, peer_host
 from PIL import Image
 from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, wait_gone
-from test_xpra_browser import differing, rgb
+from waiting import until
 
 from hpc_proxies import procs
 from hpc_proxies.runtime import ensure_private_dir
@@ -78,13 +79,14 @@ def status(server) -> dict:
     return json.loads(server.wait_for_app("/paraview/api/status").body)
 
 
-def wait_for_state(server, state: str, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while status(server)["state"] != state:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.3)
-    return True
+def wait_for_state(server, state: str, timeout: float = 30) -> None:
+    """Until the ParaView service's status says ``state``."""
+    until(
+        lambda: status(server)["state"] == state,
+        timeout,
+        f"ParaView's state to become {state!r}",
+        interval=0.3,
+    )
 
 
 def post(server, what: str) -> tuple[int, dict]:
@@ -203,13 +205,12 @@ def test_wrong_connect_id_is_refused_and_rotates(shared_jupyter):
         done = wrong_id_client(port, secret + 1 + attempt)
         assert "CONNECTION None" in done.stdout, done.stdout + done.stderr
     # After three refusals the server moves to a new port with a new id.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def moved() -> dict | None:
         now = status(shared_jupyter)
-        if now["state"] == "running" and now["port"] != port:
-            break
-        time.sleep(0.5)
-    assert now["port"] != port, now
+        return now if now["state"] == "running" and now["port"] != port else None
+
+    now = until(moved, 60, f"pvserver to run on another port than {port}", interval=0.5)
     assert int(Path(now["connect_id_file"]).read_text()) != secret
     assert shared_jupyter.log().count("connection ids do not match") >= 3
     assert not now["client_connected"]
@@ -301,10 +302,12 @@ class ServiceWithoutNamespaces:
         ]
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while not self.socket.exists():
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.1)
+
+        def listening() -> bool:
+            assert self.proc.poll() is None, self.log.read_text()
+            return self.socket.exists()
+
+        until(listening, 30, f"the service to listen (its log: {self.log})", interval=0.1)
 
     def post(self, what: str) -> tuple[int, dict]:
         class Connection(http.client.HTTPConnection):
@@ -407,7 +410,7 @@ def test_a_neighbour_cannot_stall_or_reach_pvserver(shared_jupyter, neighbour, m
     post(shared_jupyter, "stop")
     start_pvserver(shared_jupyter)  # both connect()s find pvserver waiting for a client
     usual = timed_connect(shared_jupyter)
-    assert wait_for_state(shared_jupyter, "stopped")
+    wait_for_state(shared_jupyter, "stopped")
     refused_before = status(shared_jupyter)["refused"]["total"]
 
     info = start_pvserver(shared_jupyter)
@@ -432,7 +435,7 @@ def test_a_neighbour_cannot_stall_or_reach_pvserver(shared_jupyter, neighbour, m
         shared_jupyter.log()
     )
     print(f"connect(): {usual:.2f} s alone, {with_neighbour:.2f} s with a neighbour ({mode})")
-    assert wait_for_state(shared_jupyter, "stopped")
+    wait_for_state(shared_jupyter, "stopped")
 
 
 def test_a_stalled_handshake_of_ones_own_is_timed_out(shared_jupyter):
@@ -460,7 +463,7 @@ def test_a_stalled_handshake_of_ones_own_is_timed_out(shared_jupyter):
     now = status(shared_jupyter)
     assert now["stalled_handshakes"] == stalls_before + 1, now
     assert "did not finish ParaView's handshake" in shared_jupyter.log()
-    assert wait_for_state(shared_jupyter, "stopped")
+    wait_for_state(shared_jupyter, "stopped")
 
 
 def test_stale_server_files_do_not_mislead_connect(shared_jupyter):
@@ -505,7 +508,7 @@ def test_stale_server_files_do_not_mislead_connect(shared_jupyter):
         reused.wait()
     assert err is None, err
     assert f"URL {info['url']}" in out, out
-    assert wait_for_state(shared_jupyter, "stopped")
+    wait_for_state(shared_jupyter, "stopped")
 
 
 def test_client_leaves_then_connect_again(shared_jupyter):
@@ -521,7 +524,7 @@ def test_client_leaves_then_connect_again(shared_jupyter):
         assert first["client_connected"], first
     finally:
         first_kernel.stop()
-    assert wait_for_state(shared_jupyter, "stopped")
+    wait_for_state(shared_jupyter, "stopped")
     assert not pvserver_pids(shared_jupyter)
     second_kernel = PvKernel(shared_jupyter)
     try:
@@ -536,7 +539,7 @@ def test_client_leaves_then_connect_again(shared_jupyter):
         assert again["client_connected"] and again["port"] != first["port"]
     finally:
         second_kernel.stop()
-    assert wait_for_state(shared_jupyter, "stopped")
+    wait_for_state(shared_jupyter, "stopped")
 
 
 def test_disconnect_then_connect_again_in_one_kernel(shared_jupyter, kernel):
@@ -573,7 +576,7 @@ def test_a_second_kernel_is_told_pvserver_is_taken(shared_jupyter):
     finally:
         first.stop()
         second.stop()
-    assert wait_for_state(shared_jupyter, "stopped")
+    wait_for_state(shared_jupyter, "stopped")
 
 
 def test_stop_from_status_page_ends_pvserver_and_xvfb(shared_jupyter):

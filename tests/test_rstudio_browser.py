@@ -10,10 +10,9 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import ARTIFACTS, chromium, jupyter_with_site
-from PIL import Image
+from browser import Box, chromium, rgb, screenshot
+from conftest import jupyter_with_site
 from test_rstudio_integration import RSERVER
-from test_xpra_browser import Box, rgb
 
 pytestmark = pytest.mark.browser
 
@@ -33,11 +32,8 @@ def test_tile_opens_rstudio_and_its_redirects_stay_behind_jupyter(tmp_path):
                             && i.naturalWidth > 0)""",
             timeout=30_000,
         )
-        lab.screenshot(path=ARTIFACTS / "rstudio-launcher.png")
-        rect = icon.bounding_box()
-        box = Box.of({"x": rect["x"], "y": rect["y"], "w": rect["width"], "h": rect["height"]})
-        shot = Image.open(ARTIFACTS / "rstudio-launcher.png").convert("RGB")
-        pixels = rgb(box.crop(shot))
+        shot = screenshot(lab, "rstudio-launcher")
+        pixels = rgb(Box.of_bounding_box(icon.bounding_box()).crop(shot))
         blue = sum(1 for r, g, b in pixels if b > r + 60 and b > 150)  # #4a8bc2
         assert blue > 0.2 * len(pixels), f"the blue R icon is not drawn: {blue}/{len(pixels)}"
 
@@ -46,7 +42,7 @@ def test_tile_opens_rstudio_and_its_redirects_stay_behind_jupyter(tmp_path):
         tab = new_tab.value
         tab.wait_for_selector("#redirect", timeout=60_000)  # past the progress page
         assert tab.title() == "RStudio" and urlsplit(tab.url).path == "/rstudio/"
-        tab.screenshot(path=ARTIFACTS / "rstudio-page.png")
+        screenshot(tab, "rstudio-page")
 
         # rserver answers this link with a redirect to rserver-elsewhere.invalid:8787.
         tab.click("#redirect")
@@ -54,4 +50,4 @@ def test_tile_opens_rstudio_and_its_redirects_stay_behind_jupyter(tmp_path):
         url = urlsplit(tab.url)
         assert url.netloc == f"127.0.0.1:{server.port}", tab.url
         assert url.path == "/rstudio/landed" and url.query == "from=redirect", tab.url
-        tab.screenshot(path=ARTIFACTS / "rstudio-landed.png")
+        screenshot(tab, "rstudio-landed")

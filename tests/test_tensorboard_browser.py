@@ -17,7 +17,6 @@ Screenshots: ``ARTIFACTS/tensorboard-<step>.png`` and
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,14 +27,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import ARTIFACTS, chromium
+from browser import Box, chromium, log_tail, rgb, screenshot, wait_for
+from conftest import ARTIFACTS
 from PIL import Image
 from playwright.sync_api import BrowserContext, Page
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from tb_events import write_experiments
 from test_tensorboard_integration import tensorboard_pid
-from test_xpra_browser import Box, log_tail, rgb
 
 from hpc_proxies import pages
 
@@ -109,26 +108,11 @@ class Browser:
     prefix: str = "tensorboard"
 
     def shot(self, page: Page, step: str) -> Image.Image:
-        png = page.screenshot()
-        (ARTIFACTS / f"{self.prefix}-{step}.png").write_bytes(png)
-        return Image.open(io.BytesIO(png)).convert("RGB")
+        return screenshot(page, f"{self.prefix}-{step}")
 
     def until(self, what: str, check: Callable, page: Page, timeout: float = TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while True:
-            last = check()
-            if last:
-                return last
-            if time.monotonic() > deadline:
-                try:
-                    state = page.evaluate("() => [location.href, document.body.innerText]")
-                except PlaywrightError as err:
-                    state = repr(err)
-                raise AssertionError(
-                    f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}\n"
-                    f"page: {str(state)[:1500]}{log_tail(self.jupyter)}"
-                )
-            time.sleep(0.3)
+        """``check()`` until it returns something truthy; fail with the page and log."""
+        return wait_for(what, check, self.jupyter, page, timeout, interval=0.3)
 
     def chart(self, page: Page, tag: str, step: str) -> Line:
         """Wait until the card of ``tag`` shows a drawn line; return it."""
@@ -196,11 +180,7 @@ def test_tile_draws_the_charts_and_the_logdir_is_switched_from_the_browser(jupyt
         )
         rect = icon.bounding_box()
         assert rect and rect["width"] >= 16, rect
-        pixels = rgb(
-            Box.of({"x": rect["x"], "y": rect["y"], "w": rect["width"], "h": rect["height"]}).crop(
-                b.shot(b.lab, "launcher")
-            )
-        )
+        pixels = rgb(Box.of_bounding_box(rect).crop(b.shot(b.lab, "launcher")))
         orange = sum(1 for r, g, bl in pixels if r > 200 and 90 < g < 170 and bl < 80)
         assert orange > 0.2 * len(pixels), f"the orange icon is not drawn: {orange}/{len(pixels)}"
 

@@ -11,13 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import jupyter_with_site
 from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, find_process
 from tb_events import write_experiments, write_scalars
+from waiting import until
 
 from hpc_proxies import pages, procs
 from hpc_proxies.launcher import CONTROL_SOCKET
@@ -39,13 +39,20 @@ def api(server, path: str):
 
 
 def wait_for_runs(server, expected: set[str], timeout: float = 30) -> list[str]:
-    """TensorBoard loads event files in the background: poll its runs API."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """TensorBoard loads event files in the background: poll its runs API until it
+    lists ``expected``; what it lists."""
+
+    def listed() -> list[str] | None:
         found = api(server, "data/runs")
-        if set(found) == expected or time.monotonic() > deadline:
-            return found
-        time.sleep(0.25)
+        return found if set(found) == expected else None
+
+    return until(listed, timeout, f"TensorBoard to list the runs {sorted(expected)}", 0.25)
+
+
+def launcher_state(server) -> str | None:
+    """The launcher's state, asked as the progress page does (which starts nothing);
+    None once TensorBoard itself answers."""
+    return server.request("/tensorboard/", headers={pages.PROBE_HEADER: "1"}).headers.get(STATE)
 
 
 def session_pids(server) -> set[int]:
@@ -224,11 +231,12 @@ def test_a_link_from_another_site_does_not_start_a_stopped_tensorboard_elsewhere
     other = "experiments/exp1" if not shown.endswith("exp1") else "experiments/exp2"
     target = shared_jupyter.root_dir / other
     os.kill(tensorboard_pid(shared_jupyter), signal.SIGKILL)
-    probe = {pages.PROBE_HEADER: "1"}
-    deadline = time.monotonic() + 30
-    while shared_jupyter.request("/tensorboard/", headers=probe).headers.get(STATE) != "stopped":
-        assert time.monotonic() < deadline, "the launcher did not take the socket back"
-        time.sleep(0.1)
+    until(
+        lambda: launcher_state(shared_jupyter) == "stopped",
+        30,
+        "the launcher to take the socket back",
+        interval=0.1,
+    )
 
     mark = len(shared_jupyter.log())
     status, got, body = as_browser(
@@ -241,7 +249,7 @@ def test_a_link_from_another_site_does_not_start_a_stopped_tensorboard_elsewhere
     since = log_since(shared_jupyter, mark)
     assert f"asking the user to confirm logdir={target} (request: cross-site)" in since, since
     assert "started pid" not in since
-    assert shared_jupyter.request("/tensorboard/", headers=probe).headers[STATE] == "stopped"
+    assert launcher_state(shared_jupyter) == "stopped"
 
     # The page's link back: TensorBoard starts on the directory it had.
     shared_jupyter.wait_for_app("/tensorboard/")
@@ -352,7 +360,12 @@ def test_a_sites_logdir_that_does_not_exist_gives_a_page_not_a_crash_loop(tmp_pa
             assert resp.status == 404, resp.text[:500]
             assert "/nonexistent/project/runs does not exist" in resp.text
             assert "<input name='logdir' size='48' value='/nonexistent/project/runs'>" in resp.text
-        time.sleep(1)
+        # Each of those starts failed on the logdir before anything was spawned (the
+        # launcher logs the failure before it serves the page), and the launcher waits,
+        # stopped, for the next request: no start is under way or left to come.
+        failed = "[hpc-proxies tensorboard] TensorBoard: cannot open this run directory"
+        until(lambda: failed in server.log(), 10, f"the launcher to log {failed!r}")
+        assert launcher_state(server) == "stopped"
         assert "started pid" not in server.log(), "TensorBoard must not be started at all"
         launcher = server.launcher_pid("tensorboard")
         assert procs.descendants(launcher) == set()
@@ -388,12 +401,12 @@ def test_missing_tensorboard_page_says_how_to_install_it(tmp_path):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        status, body = 0, ""
-        while status != 503 and time.monotonic() < deadline:
-            time.sleep(0.1)
+
+        def page() -> str | None:
             status, body = unix_get(runtime / "socket", "/tensorboard/")
-        assert status == 503, body
+            return body if status == 503 else None
+
+        body = until(page, 30, "the launcher's page (503)", interval=0.1)
         assert "TensorBoard is not installed here" in body
         assert "<code>tensorboard</code>" in body
         assert "pip install &#x27;hpc-proxies[tensorboard]&#x27;" in body

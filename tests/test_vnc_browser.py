@@ -27,7 +27,6 @@ Screenshots: ``ARTIFACTS/vnc-<test>-<step>.png`` (``…-failure-<n>.png`` on fai
 
 from __future__ import annotations
 
-import io
 import re
 import secrets
 import subprocess
@@ -39,22 +38,25 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import ARTIFACTS, VIEWPORT, chromium
+from browser import (
+    VIEWPORT,
+    Box,
+    Stats,
+    chromium,
+    differing,
+    log_tail,
+    looks_like_background,
+    rgb,
+    screenshot,
+    stats,
+    wait_for,
+)
+from conftest import ARTIFACTS
 from PIL import Image
 from playwright.sync_api import BrowserContext, Locator, Page
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from processes import find_process
-from test_xpra_browser import (
-    Box,
-    Stats,
-    differing,
-    log_tail,
-    looks_like_background,
-    rgb,
-    stats,
-)
-from test_xpra_browser import wait_for as _wait_for
 from test_xpra_clipboard import xclip_owner
 
 from hpc_proxies import procs
@@ -149,7 +151,7 @@ def find_session(jupyter) -> Session:
 
 def find_session_when_up(jupyter) -> Session:
     """The xterm starts a moment after the VNC server answers."""
-    return _wait_for("the session's xterm to start", lambda: _try(find_session, jupyter), jupyter)
+    return wait_for("the session's xterm to start", lambda: _try(find_session, jupyter), jupyter)
 
 
 def _try(func: Callable, *args):
@@ -233,9 +235,7 @@ class Browser:
     secret: str = ""
 
     def shot(self, page: Page, step: str) -> Image.Image:
-        png = page.screenshot()
-        (ARTIFACTS / f"vnc-{self.name}-{step}.png").write_bytes(png)
-        return Image.open(io.BytesIO(png)).convert("RGB")
+        return screenshot(page, f"vnc-{self.name}-{step}")
 
     def state(self, page: Page | None, log: bool = True) -> str:
         try:
@@ -247,7 +247,7 @@ class Browser:
     def until(self, what: str, check: Callable, page: Page | None = None, timeout=TIMEOUT):
         """``check()`` until it returns something truthy; fail with the page and log."""
         try:
-            return _wait_for(what, check, self.jupyter, None, timeout, 0.2)
+            return wait_for(what, check, self.jupyter, None, timeout, 0.2)
         except AssertionError as err:  # it has the log's tail already
             raise AssertionError(f"{err}{self.state(page, log=False)}") from None
 
@@ -469,8 +469,7 @@ def test_tile_connects_without_a_password_prompt_and_keys_reach_the_xterm(jupyte
         assert "svg" in served[-1][2].get("content-type", ""), served
         rect = icon.bounding_box()
         assert rect and rect["width"] >= 16 and rect["height"] >= 16, rect
-        icon_box = Box.of({"x": rect["x"], "y": rect["y"], "w": rect["width"], "h": rect["height"]})
-        pixels = rgb(icon_box.crop(b.shot(b.lab, "launcher")))
+        pixels = rgb(Box.of_bounding_box(rect).crop(b.shot(b.lab, "launcher")))
         green = sum(1 for r, g, bl in pixels if g > r + 40 and g > bl + 20)  # #1f6f43
         assert green > 0.2 * len(pixels), (
             f"the green monitor icon is not drawn: {green}/{len(pixels)}"

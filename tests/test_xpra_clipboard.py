@@ -35,23 +35,25 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, chromium
+from browser import (
+    XPRA_CONNECTED_JS,
+    Box,
+    chromium,
+    log_tail,
+    page_state,
+    screenshot,
+    wait_for_xpra_xterm,
+)
+from conftest import ARTIFACTS
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page
 from processes import find_process
-from test_xpra_browser import (
-    CONNECTED_JS,
-    Box,
-    log_tail,
-    page_state,
-    snapshot,
-    wait_for_xterm,
-)
 from test_xpra_integration import session_pids
+from waiting import until
 
 pytestmark = pytest.mark.browser
 
@@ -177,27 +179,23 @@ class Watch:
             f"{log_tail(self.jupyter)}"
         )
 
-    def until(self, what: str, check, timeout: float = CLIPBOARD_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            last = check()
-            if last is True:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}"
-                    f"{self.state()}"
-                )
-            time.sleep(0.1)
+    def until_equal(self, what: str, expected: object, actual: Callable[[], object]) -> None:
+        """Until ``actual()`` is ``expected``; a failure shows the last value and both sides."""
+        seen: list[object] = []
+
+        def equal() -> bool:
+            seen[:] = [actual()]
+            return seen[0] == expected
+
+        try:
+            until(equal, CLIPBOARD_TIMEOUT, f"timed out waiting for {what}", interval=0.1)
+        except AssertionError as err:
+            last = f"{seen[0]!r} (expected {expected!r})"
+            raise AssertionError(f"{err}; last: {last}{self.state()}") from None
 
     def check(self, ok: bool, message: str) -> None:
         if not ok:
             raise AssertionError(f"{message}{self.state()}")
-
-
-def equals(expected: object, actual: object) -> bool | str:
-    """``True``, or what was there instead (shown if the wait times out)."""
-    return True if actual == expected else f"{actual!r} (expected {expected!r})"
 
 
 # ---------------------------------------------------------------- the test
@@ -224,7 +222,7 @@ def run_scenario(jupyter, context, console: list[str], owners: list[subprocess.P
     tab = context.new_page()
     tab.goto(f"{jupyter.url}/lab?token={jupyter.token}")
     tab.goto(f"{jupyter.url}/xpra/")
-    xterm, _ = wait_for_xterm(tab, f"{PREFIX}-tab", jupyter)
+    xterm, _ = wait_for_xpra_xterm(tab, f"{PREFIX}-tab", jupyter)
     # More logging only (browser console and Xpra's log), for the failure messages.
     tab.evaluate("() => window.client.debug_categories.push('clipboard')")
     env = session_display(jupyter)
@@ -237,21 +235,24 @@ def run_scenario(jupyter, context, console: list[str], owners: list[subprocess.P
     owners.append(xclip_owner(env, from_session))
     held = session_clipboard(env)
     watch.check(held[1] == from_session, f"xclip does not own the session's CLIPBOARD: {held}")
-    watch.until(
+    watch.until_equal(
         "the HTML5 client to receive the session's clipboard",
-        lambda: equals(from_session, client_clipboard(tab)["buffer"]),
+        from_session,
+        lambda: client_clipboard(tab)["buffer"],
     )
-    watch.until(
+    watch.until_equal(
         "the browser's clipboard to hold the session's text",
-        lambda: equals({"ok": True, "text": from_session}, browser_clipboard(tab)),
+        {"ok": True, "text": from_session},
+        lambda: browser_clipboard(tab),
     )
     # ... and Ctrl+V in another tab pastes it there.
     other = textbox_page(context, jupyter)
     other.locator("#box").click()
     other.keyboard.press("Control+V")
-    watch.until(
+    watch.until_equal(
         "Ctrl+V in another tab to paste the session's text",
-        lambda: equals(from_session, other.locator("#box").input_value()),
+        from_session,
+        lambda: other.locator("#box").input_value(),
     )
 
     # 2a. browser -> session with the keyboard: the xterm has the focus; the user
@@ -259,9 +260,10 @@ def run_scenario(jupyter, context, console: list[str], owners: list[subprocess.P
     click_into_xterm(tab, xterm)
     from_browser = f"copied in the browser {tag}\n<&'\"> $PATH"
     copy_in_browser(other, from_browser)
-    watch.until(
+    watch.until_equal(
         "Ctrl+C in another tab to fill the browser's clipboard",
-        lambda: equals({"ok": True, "text": from_browser}, browser_clipboard(other)),
+        {"ok": True, "text": from_browser},
+        lambda: browser_clipboard(other),
     )
     held = session_clipboard(env)
     watch.check(
@@ -269,9 +271,10 @@ def run_scenario(jupyter, context, console: list[str], owners: list[subprocess.P
     )
     tab.bring_to_front()
     tab.keyboard.press("Control+V")
-    watch.until(
+    watch.until_equal(
         "Ctrl+V in the xterm to give the session the text copied in the browser",
-        lambda: equals(from_browser, session_clipboard(env)[1]),
+        from_browser,
+        lambda: session_clipboard(env)[1],
     )
     # Xpra's server took the CLIPBOARD from xclip, which then exits by itself.
     try:
@@ -285,24 +288,27 @@ def run_scenario(jupyter, context, console: list[str], owners: list[subprocess.P
     # clicks into the xterm (to paste with the mouse there, say): the click brings it.
     from_session_again = f"copied in the session again {tag}"
     owners.append(xclip_owner(env, from_session_again))
-    watch.until(
+    watch.until_equal(
         "the browser's clipboard to hold the session's second text",
-        lambda: equals({"ok": True, "text": from_session_again}, browser_clipboard(tab)),
+        {"ok": True, "text": from_session_again},
+        lambda: browser_clipboard(tab),
     )
     from_browser_again = f"copied in the browser again {tag}"
     copy_in_browser(other, from_browser_again)
-    watch.until(
+    watch.until_equal(
         "Ctrl+C in another tab to fill the browser's clipboard (again)",
-        lambda: equals({"ok": True, "text": from_browser_again}, browser_clipboard(other)),
+        {"ok": True, "text": from_browser_again},
+        lambda: browser_clipboard(other),
     )
     held = session_clipboard(env)
     watch.check(
         held[1] == from_session_again, f"the session's CLIPBOARD changed before the click: {held}"
     )
     click_into_xterm(tab, xterm)
-    watch.until(
+    watch.until_equal(
         "a click into the xterm to give the session the text copied in the browser",
-        lambda: equals(from_browser_again, session_clipboard(env)[1]),
+        from_browser_again,
+        lambda: session_clipboard(env)[1],
     )
-    watch.check(tab.evaluate(CONNECTED_JS), "the HTML5 client disconnected")
-    snapshot(tab, f"{PREFIX}-done")
+    watch.check(tab.evaluate(XPRA_CONNECTED_JS), "the HTML5 client disconnected")
+    screenshot(tab, f"xpra-{PREFIX}-done")

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -17,6 +16,7 @@ import aiohttp
 import pytest
 from conftest import start_jupyter
 from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, find_process
+from waiting import until
 from xpra_wire import handshake, xpra_ws_handshake
 
 from hpc_proxies import procs
@@ -138,10 +138,12 @@ def test_kill_9_of_xpra_and_the_next_request_brings_it_back(shared_jupyter):
     xvfb = find_process(before, "Xvfb")
     old_secret = secret_of(shared_jupyter)
     os.kill(xpra, signal.SIGKILL)
-    deadline = time.monotonic() + 15
-    while any(os.path.exists(f"/proc/{pid}") for pid in (xpra, xvfb)):
-        assert time.monotonic() < deadline, "xpra's X server was left behind"
-        time.sleep(0.1)
+    until(
+        lambda: not any(os.path.exists(f"/proc/{pid}") for pid in (xpra, xvfb)),
+        15,
+        "xpra and its X server to be gone (reaped)",
+        interval=0.1,
+    )
     # The launcher has the socket back: the user gets a page saying what happens, not a 500.
     restarting = shared_jupyter.request("/xpra/")
     assert restarting.status == 202, restarting.text[:500]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
-from ..serverproxy import server_process
 from ..spec import AppSpec, Launch, Requirement, Setting
 
 #: Debian's python3-paraview is importable by Debian's own Python.
@@ -129,8 +128,3 @@ APP = AppSpec(
         ),
     ),
 )
-
-
-def setup_paraview() -> dict:
-    """Entry point for jupyter-server-proxy: the "ParaView" tile."""
-    return server_process(APP)

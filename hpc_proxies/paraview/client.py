@@ -13,7 +13,6 @@ import atexit
 import contextlib
 import json
 import os
-import re
 import shutil
 import ssl
 import tempfile
@@ -22,11 +21,15 @@ import urllib.error
 import urllib.request
 import weakref
 from dataclasses import dataclass
-from html import unescape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import procs, xdisplay
 from ..pages import STATE_HEADER
+from ..problems import Problem
+
+if TYPE_CHECKING:
+    from .view import ViewServers
 
 APP = "paraview"
 #: Height of the interactive view in the cell (its width follows the notebook).
@@ -152,9 +155,15 @@ def find_jupyter_server() -> JupyterServer:
 
 
 def _request(server: JupyterServer, method: str, path: str, timeout: float = 30):
-    """(status, headers, body) of one request to the Jupyter server, with its token."""
+    """(status, headers, body) of one request to the Jupyter server, with its token.
+
+    It asks for JSON: while the ParaView service is not running, the tile's launcher
+    then answers with its state and any problem as data, not as a page to parse."""
     request = urllib.request.Request(  # noqa: S310 (our own server's http(s) URL)
-        server.url + path, method=method, data=b"" if method == "POST" else None
+        server.url + path,
+        method=method,
+        data=b"" if method == "POST" else None,
+        headers={"Accept": "application/json"},
     )
     if server.token:
         request.add_header("Authorization", f"token {server.token}")
@@ -172,11 +181,45 @@ def _request(server: JupyterServer, method: str, path: str, timeout: float = 30)
         return err.code, err.headers, err.read()
 
 
-def _page_text(body: bytes) -> str:
-    """The readable text of one of our HTML pages (heading and paragraphs)."""
-    html = body.decode(errors="replace")
-    html = re.sub(r"<(script|style|pre)\b.*?</\1>", " ", html, flags=re.S | re.I)
-    return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", html))).strip()
+#: Launcher states without a problem that pass by themselves: ask again until the
+#: service answers (202 Accepted means starting, whatever the state says).
+PASSING_STATES = frozenset({"starting", "running", "stopping"})
+#: Problem codes meaning the site configuration keeps ParaView off here (an invalid
+#: configuration turns every app off).
+DISABLED_CODES = frozenset({"disabled", "invalid-config"})
+
+
+def _problem_error(problem: Problem) -> ParaViewError:
+    """The exception for a problem the tile's launcher reported."""
+    if problem.code in DISABLED_CODES:
+        return ParaViewDisabled(problem.text())
+    return PvserverStartFailed(problem.text(), list(problem.tail))
+
+
+def _launcher_state(status: int, body: bytes) -> dict:
+    """The JSON state the tile's launcher answered with (it set ``STATE_HEADER``)."""
+    try:
+        state = json.loads(body)
+    except ValueError:
+        state = None
+    if not isinstance(state, dict):
+        raise PvserverStartFailed(
+            f"The ParaView tile answered HTTP {status} without its JSON state: the Jupyter "
+            "server runs another version of hpc-proxies than this kernel (restart it after "
+            "an upgrade)."
+        )
+    return state
+
+
+def _json_or_empty(headers, body: bytes) -> dict:
+    """A JSON object answer as a dict; anything else (an HTML error page) as ``{}``."""
+    if not headers.get("Content-Type", "").startswith("application/json"):
+        return {}
+    try:
+        info = json.loads(body)
+    except ValueError:
+        return {}  # said JSON, was not: only its status is left to report
+    return info if isinstance(info, dict) else {}
 
 
 def ensure_pvserver(
@@ -185,36 +228,48 @@ def ensure_pvserver(
     """Ask the tile's service to start (or ``restart``) pvserver, starting the service
     too if needed, and wait until pvserver listens."""
     server = server or find_jupyter_server()
+    path = f"{APP}/api/{action}"
     deadline = time.monotonic() + timeout
     while True:
         try:
-            status, headers, body = _request(server, "POST", f"{APP}/api/{action}", timeout=timeout)
+            status, headers, body = _request(server, "POST", path, timeout=timeout)
         except OSError as err:
             raise JupyterServerNotFound(
                 f"Cannot reach the Jupyter server at {server.url}: {err}"
             ) from err
-        ours = headers.get(STATE_HEADER)
-        if status == 200 and not ours:
-            return json.loads(body)
-        if status == 202 and ours:  # the tile's service is starting (or just took over)
+        if headers.get(STATE_HEADER):  # the tile's launcher: the service is not running
+            state = _launcher_state(status, body)
+            if state.get("problem"):
+                raise _problem_error(Problem.from_json(state["problem"]))
+            if status != 202 and state.get("state") not in PASSING_STATES:
+                raise PvserverStartFailed(
+                    f"The ParaView service is {state.get('state', 'not running')} (HTTP {status}).",
+                    state.get("tail"),
+                )
             if time.monotonic() > deadline:
                 raise PvserverStartFailed(
-                    f"The ParaView service did not start within {timeout:.0f} s."
+                    f"The ParaView service did not start within {timeout:.0f} s.",
+                    state.get("tail"),
                 )
             time.sleep(0.3)
             continue
-        if status == 403:
-            raise ParaViewDisabled(_page_text(body))
-        if status == 404 and not ours:
+        if status == 200:
+            return json.loads(body)
+        if status == 404:
             raise ParaViewError(
                 f"The Jupyter server at {server.url} has no /{APP}/: hpc-proxies is not "
                 "installed next to JupyterLab there (pip install hpc-proxies), or the server "
                 "needs a restart."
             )
-        if not ours and headers.get("Content-Type", "").startswith("application/json"):
-            info = json.loads(body)
-            raise PvserverStartFailed(info.get("error", f"HTTP {status}"), info.get("tail"))
-        raise PvserverStartFailed(_page_text(body))
+        info = _json_or_empty(headers, body)
+        if status in (401, 403):  # Jupyter's own refusal: ParaView's tile never saw it
+            raise ParaViewError(
+                f"The Jupyter server at {server.url} refused /{path} (HTTP {status}"
+                + (f": {info['message']}" if info.get("message") else "")
+                + "): this kernel's token is not accepted there."
+            )
+        # The service's own errors: {"error": ..., "tail": [...]}.
+        raise PvserverStartFailed(info.get("error", f"HTTP {status}"), info.get("tail"))
 
 
 # ------------------------------------------------------------------- display
@@ -268,13 +323,24 @@ _display = _KernelDisplay()
 @dataclass
 class _Session:
     """The connection connect() made, held weakly: ParaView closes a connection (and
-    pvserver exits) only when nothing references it any more."""
+    pvserver exits) only when nothing references it any more. ``views`` serves the
+    render views show() displayed, made by the first show() (which imports tornado)."""
 
     port: int | None = None
     connection: weakref.ref | None = None
+    views: ViewServers | None = None
 
     def live(self):
         return self.connection() if self.connection is not None else None
+
+    def view_servers(self) -> ViewServers:
+        """This kernel's view servers; they stop, and their sockets go, when it exits."""
+        if self.views is None:
+            from .view import ViewServers
+
+            self.views = ViewServers()
+            atexit.register(self.views.close_all)
+        return self.views
 
 
 _session = _Session()
@@ -320,6 +386,8 @@ def connect(timeout: float = 120.0):
     if previous is not None and previous is active:
         with contextlib.suppress(RuntimeError):
             simple.Disconnect()
+    if _session.views is not None:
+        _session.views.prune()  # they hold the closed connection's views: let them go
     _session.connection = None
     del previous, active
     from paraview.modules.vtkRemotingCore import vtkRemotingCoreConfiguration
@@ -373,13 +441,11 @@ def show(view=None, interactive: bool = True):
         return _png(simple, view)
     from IPython.display import IFrame
 
-    from .view import serve_view
-
     status, _, body = _request(find_jupyter_server(), "GET", f"{APP}/api/status")
     if status != 200:
         raise ParaViewError(f"The ParaView service did not answer (HTTP {status}); run connect().")
     info = json.loads(body)
-    view_id = serve_view(view, Path(info["views_dir"]))
+    view_id = _session.view_servers().serve(view, Path(info["views_dir"]))
     return IFrame(f"{info['prefix']}view/{view_id}/", width="100%", height=VIEW_HEIGHT)
 
 

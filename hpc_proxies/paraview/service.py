@@ -1,52 +1,41 @@
-"""The ParaView tile's service: this user's pvserver, its status page, and view routing.
+"""The ParaView tile's service: this user's pvserver, and the state its page shows.
 
     python -m hpc_proxies.paraview.service --socket SOCK --dir DIR --prefix URL ...
 
 It is the "app" the hpc-proxies launcher runs for the ``paraview`` entry point, on the
-launch's private unix socket, so everything below is reached only through the
-user's authenticated Jupyter URL:
+launch's private unix socket, so everything it serves (:mod:`.web`) is reached only
+through the user's authenticated Jupyter URL.
 
-* ``GET /``: the status page (state, ranks, host, uptime, client, a snippet for the
-  notebook, stop and restart buttons); opening it starts pvserver if it is stopped;
-* ``GET api/status``, ``POST api/start|stop|restart``: JSON, used by the page and by
-  ``hpc_proxies.paraview.connect()`` in a kernel;
-* ``/view/<id>/…``: HTTP and websockets passed on to the interactive view that a
-  kernel serves on a unix socket in ``DIR/views`` (see :mod:`.view`).
-
-pvserver itself is started by an :class:`Engine`; :class:`LocalEngine` runs one
-serial server on this node, each start with a new connect-id in a 0600 file and,
-for GLX builds, a private Xvfb. A later engine (MPI, the batch scheduler) replaces it.
+This module keeps what is ParaView's own: each start's connect-id (in a 0600 file),
+the loopback relay into pvserver's network namespace, and what the status page shows
+(refused connections, stalled handshakes, ranks, port). pvserver is started by a
+:class:`~.starter.PvserverStarter`; :class:`~.starter.LocalPvserver` runs one serial
+server on this node. Its processes are a :class:`~hpc_proxies.launcher.processes.ProcessGroup`
+per run, which reads their output, learns of their exit and stops their whole tree.
 pvserver exits when its client disconnects; the next ``api/start`` starts it again.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import os
 import pwd
 import re
 import secrets
-import signal
 import socket
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Coroutine
+from typing import Any
 
-import aiohttp
-from aiohttp import web
-
-from .. import netns, xdisplay
-from ..bridge import serve_until_stopped, until_either_ends
+from .. import netns
 from ..runtime import ensure_private_dir, fresh_private_dir, remove_tree, write_private_file
-from . import page
 from .server import EXIT_NO_PARAVIEW, MARK
+from .starter import LocalPvserver, Options, PvserverStarter, Run, StartFailed
 
-SERVER_SCRIPT = Path(__file__).with_name("server.py")
-VIEW_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+__all__ = ["HANDSHAKE_TIMEOUT", "MAX_REFUSALS", "PvserverService", "StartFailed", "main"]
+
 #: A client that presents a wrong connect-id is refused; after this many refusals the
 #: server is restarted on a new port with a new id, so the id cannot be guessed.
 MAX_REFUSALS = 3
@@ -56,155 +45,23 @@ REFUSED_KEPT = 20
 #: A client let through the relay has this long to finish ParaView's handshake: pvserver
 #: serves one client and waits on the first, so one that stalls would hold everyone.
 HANDSHAKE_TIMEOUT = 15.0
-TAIL_LINES = 40
+#: Lines of pvserver's output on the status page.
+TAIL_SHOWN = 15
 INNER_ADDRESS_LINES = ("Connection URL:", "Accepting connection(s):")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-
-
-@dataclass
-class Options:
-    """What the launcher passes on (from the site configuration); nothing secret."""
-
-    directory: Path
-    prefix: str
-    python: str
-    rendering: str = "xvfb"  # xvfb | display | egl
-    display: str = ""
-    egl_device: int = 0
-    xvfb: str = "Xvfb"
-    timeout: float = 60.0
-    isolate_network: str = "auto"  # auto | required | off
-
-
-@dataclass
-class Run:
-    """One start of pvserver."""
-
-    proc: asyncio.subprocess.Process
-    workdir: Path
-    connect_id_file: Path
-    xserver: xdisplay.XServer | None
-    started: float = field(default_factory=time.time)
-    port: int | None = None
-    connected: bool = False
-    connected_event: asyncio.Event = field(default_factory=asyncio.Event)
-    refusals: int = 0
-    listening: asyncio.Event = field(default_factory=asyncio.Event)
-    follower: asyncio.Task[None] | None = None  # reads its output; cleans up at its exit
-    #: The keeper's unix socket when pvserver runs in a private network namespace.
-    connector: Path | None = None
-    #: Where clients reach it, for the status page and the log.
-    network: str = ""
-    relay: netns.LoopbackRelay | None = None
-
-
-class StartFailed(RuntimeError):
-    """pvserver did not come up; the message says why."""
-
-
-class Engine:
-    """How pvserver is started: the replaceable launch step."""
-
-    ranks = 1
-
-    async def start(self, options: Options, workdir: Path, connect_id_file: Path) -> Run:
-        raise NotImplementedError
-
-
-class LocalEngine(Engine):
-    """One serial pvserver on this node, its X display private to this launch, and its
-    TCP port (on every interface: ParaView 5.11 has no bind address) inside a network
-    namespace of its own where the kernel allows one (:mod:`hpc_proxies.netns`)."""
-
-    async def start(self, options: Options, workdir: Path, connect_id_file: Path) -> Run:
-        env = dict(os.environ)
-        pv_args = ["--no-mpi"]
-        xserver = None
-        if options.rendering == "xvfb":
-            try:
-                xserver = await asyncio.to_thread(xdisplay.start_xvfb, workdir, options.xvfb)
-            except (xdisplay.XServerError, OSError) as err:
-                raise StartFailed(f"the private X server (Xvfb) did not start: {err}") from err
-            env.update(xserver.environ())
-        elif options.rendering == "display":
-            if options.display:
-                env["DISPLAY"] = options.display
-        elif options.rendering == "egl":
-            env.pop("DISPLAY", None)
-            pv_args += ["--force-offscreen-rendering", f"--displays={options.egl_device}"]
-        argv = [options.python, str(SERVER_SCRIPT), "--connect-id-file", str(connect_id_file)]
-        argv += [f"--pv-arg={arg}" for arg in pv_args]
-        try:
-            if options.isolate_network != "off":
-                connector = workdir / "connector.sock"
-                proc = await _spawn(netns.keeper_argv(connector, argv), env, workdir)
-                unavailable = await _namespace_refusal(proc, options.timeout)
-                if unavailable is None:
-                    return Run(
-                        proc,
-                        workdir,
-                        connect_id_file,
-                        xserver,
-                        connector=connector,
-                        network="127.0.0.1 only (pvserver is in a private network namespace)",
-                    )
-                if options.isolate_network == "required":
-                    raise StartFailed(
-                        f"pvserver must run in a private network namespace (isolate_network "
-                        f"= 'required'), but {unavailable}"
-                    )
-                network = f"every interface: {unavailable}"
-            else:
-                network = "every interface (isolate_network = 'off')"
-            proc = await _spawn(argv, env, workdir)
-            return Run(proc, workdir, connect_id_file, xserver, network=network)
-        except OSError as err:
-            if xserver is not None:
-                xserver.stop()
-            raise StartFailed(f"starting {argv[0]} failed: {err}") from err
-        except StartFailed:
-            if xserver is not None:
-                xserver.stop()
-            raise
-
-
-async def _spawn(argv: list[str], env: dict[str, str], workdir: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *argv,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-        cwd=str(workdir),
-    )
-
-
-async def _namespace_refusal(proc: asyncio.subprocess.Process, timeout: float) -> str | None:
-    """None once the keeper is in its namespace; otherwise why it is not."""
-    assert proc.stdout is not None
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), timeout)).decode().strip()
-    except asyncio.TimeoutError:
-        line = ""
-    if line == f"{netns.MARK} ready":
-        return None
-    await terminate_session(proc)
-    rest = (await proc.stdout.read()).decode(errors="replace").strip()
-    reason = line.removeprefix(f"{netns.MARK} unavailable").strip() or rest
-    return reason or f"the namespace keeper exited (code {proc.returncode})"
 
 
 class PvserverService:
     """State of this user's pvserver, and the start/stop operations on it."""
 
-    def __init__(self, options: Options, engine: Engine | None = None):
+    def __init__(self, options: Options, starter: PvserverStarter | None = None) -> None:
         self.options = options
-        self.engine = engine or LocalEngine()
+        self.starter: PvserverStarter = starter or LocalPvserver()
         self.run: Run | None = None
+        #: The latest run, also once it has ended: the status page shows its output.
+        self.latest: Run | None = None
         self.state = "stopped"  # stopped | starting | running | failed | stopping
         self.message = "Not started yet."
-        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.user_stopped = False
         self.starts = 0
         self.refused: deque[netns.Refusal] = deque(maxlen=REFUSED_KEPT)
@@ -214,15 +71,18 @@ class PvserverService:
         #: state the previous one left (never a half-stopped run).
         self.lock = asyncio.Lock()
         self.views = ensure_private_dir(options.directory / "views")
+        #: Restarts and handshake deadlines under way (held, so none is collected early).
+        self.tasks: set[asyncio.Task[Any]] = set()
 
     # ---------------------------------------------------------------- status
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
+        """What the status page and ``connect()`` show; nothing secret (the id's file)."""
         run = self.run
         running = self.state == "running" and run is not None
         return {
             "state": self.state,
             "message": self.message,
-            "ranks": self.engine.ranks if running else 0,
+            "ranks": self.starter.ranks if running else 0,
             "host": socket.gethostname(),
             "port": run.port if running else None,
             "uptime": round(time.time() - run.started, 1) if running else None,
@@ -241,7 +101,7 @@ class PvserverService:
                     for r in reversed(self.refused)
                 ],
             },
-            "tail": list(self.tail)[-15:],
+            "tail": _last_lines(self.latest),
         }
 
     def note_refusal(self, refusal: netns.Refusal) -> None:
@@ -256,13 +116,24 @@ class PvserverService:
         )
 
     def log(self, line: str) -> None:
-        line = ANSI_ESCAPE.sub("", line)
-        self.tail.append(line)
-        sys.stderr.write(f"{line}\n")  # the launcher prefixes and forwards it
+        """Into the service's log (stderr), which the launcher prefixes and forwards."""
+        sys.stderr.write(f"{ANSI_ESCAPE.sub('', line)}\n")
         sys.stderr.flush()
 
+    def start_soon(self) -> None:
+        """Start pvserver without waiting for it (opening the status page does): the
+        page polls the status, which says how the start goes."""
+        self._background(self.ensure_started())
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` (a start or restart) as a task of its own: the line reader must not
+        wait for a restart, which stops the run whose lines it reads."""
+        task = asyncio.get_running_loop().create_task(_quietly(work))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
     # ---------------------------------------------------------------- start
-    async def ensure_started(self) -> dict:
+    async def ensure_started(self) -> dict[str, Any]:
         """Start pvserver unless it runs; wait until it listens (or fails)."""
         async with self.lock:
             if self.state not in ("starting", "running") or self.run is None:
@@ -270,7 +141,7 @@ class PvserverService:
             run = self.run
         return await self._until_listening(run)
 
-    async def _until_listening(self, run: Run | None) -> dict:
+    async def _until_listening(self, run: Run | None) -> dict[str, Any]:
         if run is None:
             raise StartFailed(self.message)
         try:
@@ -286,7 +157,6 @@ class PvserverService:
     async def _start(self) -> None:
         self.user_stopped = False
         self.state, self.message = "starting", "Starting pvserver…"
-        self.tail.clear()
         # A directory per start: the previous run's clean-up must not touch this one.
         self.starts += 1
         workdir = fresh_private_dir(self.options.directory / f"pvserver-{self.starts}")
@@ -294,22 +164,23 @@ class PvserverService:
         connect_id_file = write_private_file(
             workdir / "connect-id", str(secrets.randbelow(2**31 - 2) + 1)
         )
+        run = Run(workdir, connect_id_file, self.starter.engine, self.log)
+        self.latest = run
         try:
-            run = await self.engine.start(self.options, workdir, connect_id_file)
+            await self.starter.start(self.options, run)
         except StartFailed as err:
             self.state, self.message = "failed", str(err)
             self.log(str(err))
             remove_tree(workdir)
             return
+        assert run.process is not None, "a starter that returns has started pvserver"
         self.run = run
-        self.log(f"started pvserver (pid {run.proc.pid})")
+        self.log(f"started pvserver (pid {run.process.pid})")
         run.follower = asyncio.get_running_loop().create_task(self._follow(run))
 
     async def _follow(self, run: Run) -> None:
-        """Read pvserver's output: its state lines, refusals, and its exit."""
-        assert run.proc.stdout is not None
-        async for raw in run.proc.stdout:
-            line = raw.decode(errors="replace").rstrip()
+        """Read pvserver's lines: its state marks, refusals, and (None) its exit."""
+        while (line := await run.lines.get()) is not None:
             if line.startswith(MARK):
                 words = line.split()[1:]
                 if words[:1] == ["listening"] and self.run is run:
@@ -320,16 +191,16 @@ class PvserverService:
                     self.message = "A client is connected."
                     self.log("client connected")
                 continue
-            if run.connector is not None and line.startswith(INNER_ADDRESS_LINES):
-                continue  # pvserver names its port inside the namespace: not for clients
+            if not _for_the_user(run, line):
+                continue
             self.log(line)
             if "connection ids do not match" in line:
                 run.refusals += 1
                 if run.refusals >= MAX_REFUSALS and self.run is run:
                     self.log(f"{run.refusals} clients with a wrong id: new port and id")
-                    asyncio.get_running_loop().create_task(self.restart())
-        code = await run.proc.wait()
-        await self._stopped(run, code)
+                    self._background(self.restart())
+        assert run.process is not None
+        await self._stopped(run, await run.process.wait())
 
     async def _listening(self, run: Run, port: int) -> None:
         """pvserver listens: clients reach it on ``port``, or through a loopback relay."""
@@ -350,7 +221,7 @@ class PvserverService:
         """A client came through the relay: it must finish the handshake (pvserver says
         "connected") or leave within HANDSHAKE_TIMEOUT, or pvserver starts anew."""
         if not run.connected:
-            asyncio.get_running_loop().create_task(self._handshake_deadline(run, ended))
+            self._background(self._handshake_deadline(run, ended))
 
     async def _handshake_deadline(self, run: Run, ended: asyncio.Event) -> None:
         waits = [asyncio.ensure_future(e.wait()) for e in (run.connected_event, ended)]
@@ -366,8 +237,7 @@ class PvserverService:
             f"{HANDSHAKE_TIMEOUT:.0f} s and held it; starting pvserver anew"
         )
         self.stalls += 1
-        with contextlib.suppress(StartFailed):  # the status says why, to every client
-            await self.restart()
+        await self.restart()
 
     async def _stopped(self, run: Run, code: int) -> None:
         """The one clean-up of a run, however it ended: its relay, X server and files go."""
@@ -397,6 +267,7 @@ class PvserverService:
 
     # ---------------------------------------------------------------- stop
     async def stop(self, message: str = "Stopped from the status page.") -> None:
+        """Stop pvserver and everything it started (its group's whole tree)."""
         async with self.lock:
             await self._stop(message)
 
@@ -408,12 +279,12 @@ class PvserverService:
             self.message = message
             return
         self.state, self.message = "stopping", message
-        await terminate_session(run.proc)
+        await run.group.stop()  # SIGTERM, SIGHUP, then SIGKILL after the grace
         if run.follower is not None:
             await run.follower  # it sees the exit and cleans up
         self.state, self.message = "stopped", message
 
-    async def restart(self) -> dict:
+    async def restart(self) -> dict[str, Any]:
         """Stop and start as one step: a start asked for meanwhile waits for it, so it
         neither starts a second pvserver nor has its own marked stopped."""
         async with self.lock:
@@ -421,6 +292,28 @@ class PvserverService:
             await self._start()
             run = self.run
         return await self._until_listening(run)
+
+
+def _last_lines(run: Run | None) -> list[str]:
+    """A run's last lines (also once it has ended), as its user should read them."""
+    if run is None or run.process is None:
+        return []
+    lines = [ANSI_ESCAPE.sub("", line) for line in run.process.tail.lines]
+    return [line for line in lines if _for_the_user(run, line)][-TAIL_SHOWN:]
+
+
+def _for_the_user(run: Run, line: str) -> bool:
+    """Whether a line of the run's output means something to its user: not the keeper's
+    and pvserver's marks, and not pvserver's address inside its namespace."""
+    if line.startswith((MARK, netns.MARK)):
+        return False
+    return run.connector is None or not line.startswith(INNER_ADDRESS_LINES)
+
+
+async def _quietly(work: Coroutine[Any, Any, Any]) -> None:
+    """A background restart whose start fails: the status says why, to every client."""
+    with contextlib.suppress(StartFailed):
+        await work
 
 
 def _user_name(uid: int | None) -> str | None:
@@ -432,170 +325,11 @@ def _user_name(uid: int | None) -> str | None:
         return None
 
 
-async def terminate_session(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
-    """SIGTERM the process's session (pvserver and anything it started), then SIGKILL."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signum)
-        try:
-            await asyncio.wait_for(proc.wait(), grace)
-            return
-        except asyncio.TimeoutError:
-            continue
-
-
-# -------------------------------------------------------------------- web
-def make_app(service: PvserverService) -> web.Application:
-    async def index(request: web.Request) -> web.Response:
-        if service.state == "stopped" and not service.user_stopped:
-            asyncio.get_running_loop().create_task(_start_quietly(service))
-        return web.Response(
-            text=page.status_page(service.options.prefix),
-            content_type="text/html",
-            headers={"Cache-Control": "no-store"},
-        )
-
-    async def status(request: web.Request) -> web.Response:
-        return web.json_response(service.status(), headers={"Cache-Control": "no-store"})
-
-    async def started(starting) -> web.Response:
-        """The status once pvserver listens, or 503 with why it did not start."""
-        try:
-            return web.json_response(await starting)
-        except StartFailed as err:
-            return web.json_response({**service.status(), "error": str(err)}, status=503)
-
-    async def start(request: web.Request) -> web.Response:
-        return await started(service.ensure_started())
-
-    async def stop(request: web.Request) -> web.Response:
-        await service.stop()
-        service.user_stopped = True
-        return web.json_response(service.status())
-
-    async def restart(request: web.Request) -> web.Response:
-        return await started(service.restart())
-
-    async def view(request: web.Request) -> web.StreamResponse:
-        view_id = request.match_info["view"]
-        target = service.views / f"{view_id}.sock"
-        if not VIEW_ID.match(view_id) or not target.exists():
-            return web.Response(
-                status=404,
-                text=page.view_gone_page(),
-                content_type="text/html",
-            )
-        return await proxy_to_unix(request, target, "/" + request.match_info["path"])
-
-    app = web.Application(client_max_size=16 * 1024 * 1024)
-    app.router.add_get("/", index)
-    app.router.add_get("/api/status", status)
-    app.router.add_post("/api/start", start)
-    app.router.add_post("/api/stop", stop)
-    app.router.add_post("/api/restart", restart)
-    app.router.add_route("*", "/view/{view}/{path:.*}", view)
-    return app
-
-
-async def _start_quietly(service: PvserverService) -> None:
-    with contextlib.suppress(StartFailed):
-        await service.ensure_started()
-
-
-HOP_HEADERS = {"connection", "keep-alive", "upgrade", "transfer-encoding", "host"}
-
-
-async def proxy_to_unix(request: web.Request, target: Path, path: str) -> web.StreamResponse:
-    """Pass one request (or a websocket) on to a server on a unix socket."""
-    connector = aiohttp.UnixConnector(path=str(target))
-    async with aiohttp.ClientSession(connector=connector) as session:
-        url = f"http://view{path}"
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await _proxy_websocket(request, session, url)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        headers.pop("Authorization", None)
-        headers.pop("Cookie", None)
-        try:
-            async with session.request(
-                request.method,
-                url,
-                params=request.query,
-                headers=headers,
-                data=await request.read(),
-            ) as upstream:
-                body = await upstream.read()
-                out = {
-                    k: v
-                    for k, v in upstream.headers.items()
-                    if k.lower() not in HOP_HEADERS | {"content-length", "content-encoding"}
-                }
-                return web.Response(status=upstream.status, body=body, headers=out)
-        except aiohttp.ClientError:
-            return web.Response(status=502, text=page.view_gone_page(), content_type="text/html")
-
-
-async def _proxy_websocket(
-    request: web.Request, session: aiohttp.ClientSession, url: str
-) -> web.WebSocketResponse:
-    browser = web.WebSocketResponse(compress=False, max_msg_size=0)
-    await browser.prepare(request)
-    try:
-        upstream = await session.ws_connect(url, params=request.query, max_msg_size=0)
-    except aiohttp.ClientError:
-        await browser.close(code=1011, message=b"the view's kernel is gone")
-        return browser
-
-    async def pump(source, sink) -> None:
-        async for msg in source:
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                await sink.send_bytes(msg.data)
-            elif msg.type == aiohttp.WSMsgType.TEXT:
-                await sink.send_str(msg.data)
-            else:
-                break
-
-    try:
-        await until_either_ends(pump(browser, upstream), pump(upstream, browser))
-    finally:
-        await upstream.close()
-        await browser.close()
-    return browser
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hpc_proxies.paraview.service")
-    parser.add_argument("--socket", required=True, type=Path)
-    parser.add_argument("--dir", required=True, type=Path, help="private directory")
-    parser.add_argument("--prefix", required=True, help="public URL prefix of the tile")
-    parser.add_argument("--python", required=True, help="Python that imports ParaView")
-    parser.add_argument("--rendering", default="xvfb", choices=("xvfb", "display", "egl"))
-    parser.add_argument("--display", default="")
-    parser.add_argument("--egl-device", type=int, default=0)
-    parser.add_argument("--xvfb", default="Xvfb")
-    parser.add_argument("--timeout", type=float, default=60.0)
-    parser.add_argument("--isolate-network", default="auto", choices=("auto", "required", "off"))
-    args = parser.parse_args(argv)
-    options = Options(
-        directory=args.dir,
-        prefix=args.prefix,
-        python=args.python,
-        rendering=args.rendering,
-        display=args.display,
-        egl_device=args.egl_device,
-        xvfb=args.xvfb,
-        timeout=args.timeout,
-        isolate_network=args.isolate_network,
-    )
+    """``python -m hpc_proxies.paraview.service``: the service, served by :mod:`.web`."""
+    from .web import main as serve  # web imports this module, so only when run
 
-    async def serve() -> None:
-        service = PvserverService(options)
-        await serve_until_stopped(
-            make_app(service),
-            args.socket,
-            before_cleanup=lambda: service.stop("The ParaView service stopped."),
-        )
-
-    asyncio.run(serve())
+    serve(argv)
 
 
 if __name__ == "__main__":

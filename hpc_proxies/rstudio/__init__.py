@@ -19,7 +19,6 @@ import pwd
 from collections.abc import Mapping
 
 from ..runtime import write_private_file
-from ..serverproxy import server_process
 from ..spec import AppSpec, Flag, Launch, Requirement, Setting
 
 RSERVER = "rserver"
@@ -135,8 +134,3 @@ APP = AppSpec(
         ),
     ),
 )
-
-
-def setup_rstudio() -> dict:
-    """Entry point for jupyter-server-proxy: the "RStudio" tile."""
-    return server_process(APP)

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from html import escape
 from pathlib import Path
 
 from ..executables import python_of
 from ..runtime import existing_directory
-from ..serverproxy import server_process
-from ..spec import AppSpec, CannotStart, Launch, Parameter, Requirement, Setting
+from ..spec import AppSpec, CannotStart, Launch, Parameter, Problem, Requirement, Setting
 
 TENSORBOARD = "tensorboard"
 SERVE = Path(__file__).with_name("serve.py")
@@ -44,14 +42,18 @@ def command(launch: Launch) -> list[str]:
     python = python_of(launch.executable)
     if python is None:
         raise CannotStart(
-            "cannot be started with this tensorboard",
-            [
-                f"<code>{escape(launch.executable)}</code> is not a Python script, so it is "
-                "not known which Python has TensorBoard.",
-                "Administrators: set the site configuration's <code>executable</code> to a "
-                "pip-installed <code>tensorboard</code> script or to a Python that has "
-                "TensorBoard installed.",
-            ],
+            Problem(
+                code="not-a-python-script",
+                summary="cannot be started with this tensorboard",
+                details=(
+                    f"`{launch.executable}` is not a Python script, so it is not known which "
+                    "Python has TensorBoard.",
+                ),
+                fix="Administrators: set the site configuration's `executable` to a "
+                "pip-installed `tensorboard` script or to a Python that has TensorBoard "
+                "installed.",
+                status=503,
+            )
         )
     return [
         python,
@@ -97,8 +99,3 @@ APP = AppSpec(
         ),
     ),
 )
-
-
-def setup_tensorboard() -> dict:
-    """Entry point for jupyter-server-proxy: the "TensorBoard" tile."""
-    return server_process(APP)

@@ -14,14 +14,13 @@ real home back to the desktop's programs.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
+from ..pages import render_template, static_text
 from ..runtime import read_secret, stand_in_home, write_private_file
-from ..serverproxy import server_process
 from ..spec import AppSpec, Launch, Requirement, Setting
 
 VNCSERVER = "vncserver"
@@ -144,14 +143,8 @@ def prepare(launch: Launch) -> None:
 def page_script(password: str) -> str:
     """Answer noVNC's credentials dialog with the launch password whenever it opens
     (first connection and every reconnection), so it never goes through a URL."""
-    return (
-        "<script>(function(){const pw=" + json.dumps(password) + ";"
-        "function fill(){const d=document.getElementById('noVNC_credentials_dlg');"
-        "const i=document.getElementById('noVNC_password_input');"
-        "if(d&&i&&d.classList.contains('noVNC_open')&&!i.value){i.value=pw;"
-        "document.getElementById('noVNC_credentials_button').click();}}"
-        "new MutationObserver(fill).observe(document.documentElement,"
-        "{subtree:true,attributes:true,attributeFilter:['class']});})();</script>"
+    return render_template(
+        "vnc_credentials.html", password=password, js=static_text("vnc-credentials.js")
     )
 
 
@@ -217,8 +210,3 @@ APP = AppSpec(
         ),
     ),
 )
-
-
-def setup_vnc() -> dict:
-    """Entry point for jupyter-server-proxy: the "VNC Desktop" tile."""
-    return server_process(APP)

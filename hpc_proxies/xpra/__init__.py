@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..runtime import stand_in_home, write_private_file
-from ..serverproxy import server_process
 from ..spec import AppSpec, Launch, Requirement, Setting
 
 #: Config keys of Xpra's system files that would start programs we did not ask for.
@@ -189,8 +188,3 @@ APP = AppSpec(
         ),
     ),
 )
-
-
-def setup_xpra() -> dict:
-    """Entry point for jupyter-server-proxy: the "Xpra Desktop" tile."""
-    return server_process(APP)

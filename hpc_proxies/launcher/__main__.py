@@ -1,0 +1,50 @@
+"""``python -m hpc_proxies.launcher``: run the supervisor of one launch."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .. import config, procs
+from ..apps import load_app
+from ..layout import LaunchLayout
+from ..runtime import UnsafeRuntimeDir, ensure_private_dir
+from . import __doc__ as description
+from .supervisor import Launcher
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpc_proxies.launcher", description=description)
+    parser.add_argument("--app", required=True, help="app name, as in the entry point")
+    parser.add_argument("--socket", required=True, type=Path, help="socket to serve on")
+    parser.add_argument("--prefix", default="/", help="public URL prefix of the app")
+    parser.add_argument("--parent-pid", type=int, default=None, help="the Jupyter server's pid")
+    args = parser.parse_args(argv)
+
+    procs.become_subreaper()
+    procs.signal_on_parent_death(signal.SIGTERM)
+    try:
+        ensure_private_dir(args.socket.parent)
+    except UnsafeRuntimeDir as err:
+        sys.stderr.write(f"[hpc-proxies {args.app}] refusing to start: {err}\n")
+        time.sleep(2)  # jupyter-server-proxy restarts failed children at once
+        return 1
+    if args.parent_pid is not None and os.getppid() != args.parent_pid:
+        return 0  # the Jupyter server is already gone
+    launcher = Launcher(
+        load_app(args.app),
+        LaunchLayout(args.socket),
+        args.prefix,
+        config.load(),
+        parent_pid=args.parent_pid,
+    )
+    return asyncio.run(launcher.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

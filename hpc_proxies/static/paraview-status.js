@@ -1,0 +1,59 @@
+// ParaView's status page: polls api/status every second; the buttons post to
+// api/stop|restart with the Jupyter server's XSRF token (a cookie-authenticated POST
+// needs it).
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const xsrf = (document.cookie.match(/(?:^|; )_xsrf=([^;]*)/) || [])[1] || '';
+  const labels = {starting: 'Starting…', running: 'Running', stopped: 'Stopped',
+                  failed: 'Failed', stopping: 'Stopping…'};
+  function uptime(s) {
+    if (s === null) return '-';
+    const h = Math.floor(s / 3600), m = Math.floor(s / 60) % 60, r = Math.floor(s % 60);
+    return (h ? h + ' h ' : '') + (h || m ? m + ' min ' : '') + r + ' s';
+  }
+  async function refresh() {
+    let info;
+    try {
+      const r = await fetch('api/status', {cache: 'no-store', credentials: 'same-origin'});
+      info = await r.json();
+    } catch (e) { setTimeout(refresh, 1000); return; }
+    $('state').textContent = labels[info.state] || info.state;
+    $('state').className = 'state ' + info.state;
+    $('spinner').hidden = !(info.state === 'starting' || info.state === 'stopping');
+    $('message').textContent = info.message;
+    $('ranks').textContent = info.ranks || '-';
+    $('host').textContent = info.host + (info.port ? ' (port ' + info.port + ')' : '');
+    $('uptime').textContent = uptime(info.uptime);
+    $('client').textContent = info.client_connected ? 'connected' : 'none';
+    $('rendering').textContent = info.rendering + (info.display ? ' ' + info.display : '');
+    $('network').textContent = info.network || '-';
+    const refused = info.refused || {total: 0, latest: []};
+    $('refused-row').hidden = !refused.total;
+    if (refused.total) {
+      const last = refused.latest[0];
+      const who = last.user || (last.uid === null ? 'an unknown owner' : 'uid ' + last.uid);
+      $('refused').textContent = refused.total + ' from other users; the latest from ' +
+        who + ' at ' + new Date(last.time * 1000).toLocaleString();
+    }
+    $('stop').disabled = !(info.state === 'running' || info.state === 'starting');
+    $('restart').textContent = info.state === 'running' ? 'Restart' : 'Start';
+    const log = $('log');
+    log.hidden = !info.tail.length;
+    log.textContent = info.tail.join('\n');
+    setTimeout(refresh, 1000);
+  }
+  async function post(what) {
+    $('stop').disabled = $('restart').disabled = true;
+    try {
+      await fetch('api/' + what, {method: 'POST', credentials: 'same-origin',
+                                  headers: {'X-XSRFToken': decodeURIComponent(xsrf)}});
+    } finally { $('restart').disabled = false; }
+  }
+  $('stop').onclick = () => post('stop');
+  $('restart').onclick = () => post('restart');
+  $('copy').onclick = async () => {
+    await navigator.clipboard.writeText($('snippet').textContent);
+    $('copy').textContent = 'Copied';
+  };
+  refresh();
+})();

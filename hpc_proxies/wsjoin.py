@@ -1,0 +1,101 @@
+"""Joining a browser's websocket to another connection, message by message, both ways.
+
+The VNC bridge joins a websocket to a unix stream (:mod:`hpc_proxies.bridge`); the
+ParaView service joins one to a kernel's websocket (:mod:`hpc_proxies.paraview.web`).
+Both need the same two things, so they are here once:
+
+* backpressure: each message is sent on with an awaited send (``send_bytes``, or a
+  write then ``drain``), so a slow receiver slows its sender instead of filling this
+  process's memory (jupyter-server-proxy's raw socket proxy grows to a gigabyte);
+* an end: when either direction ends (a close, an error, EOF), the other is cancelled.
+
+Websockets on both ends are made with ``compress=False``: permessage-deflate would cost
+the proxy hop a factor of ten in throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+#: What one side receives and sends: a websocket's binary or text message, or a
+#: chunk of a byte stream.
+Message = bytes | str
+#: Either end of a websocket (the browser's, or one this process opened).
+WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+#: How much of a stream is read at once.
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Side:
+    """One end of a joined connection: the messages it receives, and how to send to it
+    (a coroutine that returns once the message is on its way, which is the backpressure)."""
+
+    messages: AsyncIterator[Message]
+    send: Callable[[Message], Awaitable[None]]
+
+    @classmethod
+    def websocket(cls, ws: WebSocket) -> Side:
+        """A websocket: binary and text messages, until it closes or fails."""
+        return cls(_websocket_messages(ws), lambda message: _send_to_websocket(ws, message))
+
+    @classmethod
+    def stream(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Side:
+        """A byte stream: chunks until EOF; text is sent as UTF-8."""
+        return cls(_stream_chunks(reader), lambda message: _send_to_stream(writer, message))
+
+
+async def join(one: Side, other: Side) -> None:
+    """Pass messages both ways until either side ends; then stop the other direction."""
+    await until_either_ends(pump(one.messages, other.send), pump(other.messages, one.send))
+
+
+async def pump(
+    messages: AsyncIterator[Message], send: Callable[[Message], Awaitable[None]]
+) -> None:
+    """One direction: each message is sent before the next is read, so a slow receiver
+    holds the sender back rather than queueing here."""
+    async for message in messages:
+        await send(message)
+
+
+async def until_either_ends(*directions: Awaitable[None]) -> None:
+    """Run both directions of a joined connection; when one ends, cancel the other."""
+    tasks = [asyncio.ensure_future(direction) for direction in directions]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _websocket_messages(ws: WebSocket) -> AsyncIterator[Message]:
+    async for msg in ws:
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            yield msg.data
+        elif msg.type == aiohttp.WSMsgType.TEXT:
+            yield msg.data
+        else:  # an error (a close ends the iteration itself)
+            return
+
+
+async def _send_to_websocket(ws: WebSocket, message: Message) -> None:
+    if isinstance(message, bytes):
+        await ws.send_bytes(message)  # waits while the receiving side is slow
+    else:
+        await ws.send_str(message)
+
+
+async def _stream_chunks(reader: asyncio.StreamReader) -> AsyncIterator[Message]:
+    while chunk := await reader.read(CHUNK):
+        yield chunk
+
+
+async def _send_to_stream(writer: asyncio.StreamWriter, message: Message) -> None:
+    writer.write(message if isinstance(message, bytes) else message.encode())
+    await writer.drain()  # waits while the stream's reader is slow

@@ -1,0 +1,245 @@
+"""What the browser tests share: Debian's chromium, screenshots and their pixels,
+waiting with the page's state and the server's log in the failure, and the page of
+Xpra's HTML5 client (its tests and the clipboard's).
+
+Screenshots go to ``ARTIFACTS`` (``test-artifacts/``, or ``$HPC_PROXIES_ARTIFACTS``).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from conftest import ARTIFACTS
+from PIL import Image
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from waiting import until
+
+# ---------------------------------------------------------------- chromium
+#: Debian's chromium, driven by playwright (no browser download), with nothing that
+#: reaches beyond this machine: this network refuses such connections anyway.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1280, "height": 800}
+
+
+@contextmanager
+def chromium(failure_prefix: str, viewport: dict | None = None):
+    """A browser context in Debian's chromium, closed after; if the body fails, every
+    tab's screenshot is kept as ``ARTIFACTS/<failure_prefix>-N.png``."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport=viewport or VIEWPORT)
+        try:
+            yield context
+        except BaseException:
+            screenshot_every_tab(context, failure_prefix)
+            raise
+        finally:
+            context.close()
+            browser.close()
+
+
+def screenshot_every_tab(context, prefix: str) -> None:
+    """On a failing browser test: keep what each tab showed, as ARTIFACTS/<prefix>-N.png."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for i, page in enumerate(context.pages):
+        try:
+            page.screenshot(path=ARTIFACTS / f"{prefix}-{i}.png")
+        except PlaywrightError:
+            pass  # a tab that is already gone
+
+
+# ---------------------------------------------------------------- screenshots, pixels
+#: Pixel classes: text on an xterm is dark on white; a desktop's background is dark.
+WHITE_MIN = 235
+DARK_MAX = 90
+
+
+def screenshot(page: Page, name: str) -> Image.Image:
+    """A screenshot of ``page``, kept as ``ARTIFACTS/<name>.png``, as an RGB image."""
+    png = page.screenshot()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / f"{name}.png").write_bytes(png)
+    return Image.open(io.BytesIO(png)).convert("RGB")
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle of a screenshot, in page pixels."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    @classmethod
+    def of(cls, rect: dict, inset: int = 0) -> Box:
+        """From ``{x, y, w, h}`` (what the pages' scripts return), ``inset`` px in."""
+        x, y = round(rect["x"]) + inset, round(rect["y"]) + inset
+        return cls(x, y, round(rect["w"]) - 2 * inset, round(rect["h"]) - 2 * inset)
+
+    @classmethod
+    def of_bounding_box(cls, rect: dict) -> Box:
+        """From playwright's ``bounding_box()`` (``{x, y, width, height}``)."""
+        return cls.of({"x": rect["x"], "y": rect["y"], "w": rect["width"], "h": rect["height"]})
+
+    def crop(self, image: Image.Image) -> Image.Image:
+        return image.crop((self.x, self.y, self.x + self.w, self.y + self.h))
+
+
+@dataclass(frozen=True)
+class Stats:
+    white: float  # fraction of near-white pixels
+    dark: int  # number of dark pixels (text, the prompt, the cursor)
+    mean: tuple[float, float, float]
+
+    def __str__(self) -> str:
+        mean = ", ".join(f"{c:.0f}" for c in self.mean)
+        return f"white={self.white:.1%} dark={self.dark}px mean=({mean})"
+
+
+def rgb(image: Image.Image) -> list[tuple[int, int, int]]:
+    data = image.tobytes()
+    return list(zip(data[0::3], data[1::3], data[2::3], strict=True))
+
+
+def stats(region: Image.Image) -> Stats:
+    pixels = rgb(region)
+    white = sum(1 for p in pixels if min(p) >= WHITE_MIN)
+    dark = sum(1 for p in pixels if max(p) <= DARK_MAX)
+    n = max(1, len(pixels))
+    mean = tuple(sum(p[i] for p in pixels) / n for i in range(3))
+    return Stats(white / n, dark, mean)
+
+
+def differing(a: Image.Image, b: Image.Image, tolerance: int = 40) -> float:
+    """Fraction of pixels that differ by more than ``tolerance`` in some channel."""
+    pa, pb = rgb(a), rgb(b)
+    if len(pa) != len(pb):
+        return 1.0
+    bad = sum(
+        1
+        for x, y in zip(pa, pb, strict=True)
+        if max(abs(i - j) for i, j in zip(x, y, strict=True)) > tolerance
+    )
+    return bad / max(1, len(pa))
+
+
+def looks_like_background(s: Stats) -> bool:
+    """A desktop's dark background: almost no white, dark on average."""
+    return s.white < 0.05 and max(s.mean) < 150
+
+
+# ---------------------------------------------------------------- waiting, diagnostics
+def log_tail(jupyter, lines: int = 60) -> str:
+    text = jupyter.log().splitlines()[-lines:]
+    return "\n--- Jupyter server log (tail) ---\n" + "\n".join(text)
+
+
+def page_state(page: Page) -> str:
+    """Where ``page`` is and what it shows (and, on Xpra's page, its client's state)."""
+    try:
+        state = page.evaluate(
+            """() => ({url: location.href, title: document.title,
+                       text: document.body ? document.body.innerText.slice(0, 500) : '',
+                       xpra_client: window.client && window.client.id_to_window ? {
+                         connected: !!window.client.connected,
+                         windows: Object.keys(window.client.id_to_window)} : undefined})"""
+        )
+    except PlaywrightError as err:
+        state = f"(cannot evaluate: {err})"
+    return f"\n--- page state ---\n{state}"
+
+
+def wait_for(
+    what: str,
+    check: Callable[[], object],
+    jupyter,
+    page: Page | None = None,
+    timeout: float = 30,
+    interval: float = 0.25,
+):
+    """``until(check)``; a failure shows ``page``'s state and the Jupyter log's tail."""
+    try:
+        return until(check, timeout, f"timed out waiting for {what}", interval)
+    except AssertionError as err:
+        extra = page_state(page) if page is not None else ""
+        raise AssertionError(f"{err}{extra}{log_tail(jupyter)}") from None
+
+
+def wait_js(page: Page, expression: str, what: str, jupyter, timeout: float = 60) -> None:
+    """Until ``expression`` is true in ``page``; a failure shows the page and the log."""
+    try:
+        page.wait_for_function(expression, timeout=timeout * 1000, polling=100)
+    except PlaywrightTimeout:
+        raise AssertionError(
+            f"timed out after {timeout:.0f} s waiting for {what}"
+            f"{page_state(page)}{log_tail(jupyter)}"
+        ) from None
+
+
+# ---------------------------------------------------------------- Xpra's HTML5 client
+#: The xterm window the HTML5 client drew, found through the page's global `client`.
+XPRA_XTERM_JS = """() => {
+  const c = window.client;
+  if (!c) return null;
+  for (const win of Object.values(c.id_to_window)) {
+    const div = document.getElementById(String(win.wid));
+    if (!div || !/xterm/i.test(div.className + ' ' + win.title)) continue;
+    const canvas = div.querySelector('canvas');
+    if (!canvas) continue;
+    const r = canvas.getBoundingClientRect();
+    if (r.width < 50 || r.height < 50) continue;
+    return {wid: win.wid, title: win.title, x: r.left, y: r.top, w: r.width, h: r.height};
+  }
+  return null;
+}"""
+XPRA_CONNECTED_JS = """() => !!(window.client && window.client.connected
+    && !/connect\\.html/.test(location.pathname))"""
+
+
+def looks_like_xpra_xterm(s: Stats) -> bool:
+    """Mostly white, with some text (the prompt at least) on it."""
+    return s.white >= 0.80 and s.dark >= 60
+
+
+def xpra_xterm_box(page: Page) -> Box | None:
+    rect = page.evaluate(XPRA_XTERM_JS)
+    return None if rect is None else Box.of(rect)
+
+
+def wait_for_xpra_xterm(page: Page, name: str, jupyter) -> tuple[Box, Image.Image]:
+    """Wait until the client is connected and the xterm is drawn *on screen*; the box
+    inside its border, and the screenshot (``ARTIFACTS/xpra-<name>.png``)."""
+    wait_js(page, XPRA_CONNECTED_JS, f"the HTML5 client to connect ({name})", jupyter)
+    box = wait_for(
+        f"the xterm window in the DOM ({name})", lambda: xpra_xterm_box(page), jupyter, page
+    )
+    # Inset by 2px: the canvas edge touches the window border.
+    inner = Box(box.x + 2, box.y + 2, box.w - 4, box.h - 4)
+    state: dict = {}
+
+    def drawn() -> bool:
+        shot = screenshot(page, f"xpra-{name}")
+        state["shot"], state["xterm"] = shot, stats(inner.crop(shot))
+        return looks_like_xpra_xterm(state["xterm"])
+
+    try:
+        wait_for(f"the xterm to be drawn ({name})", drawn, jupyter, page)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\nxterm region {inner}: {state.get('xterm')}") from None
+    return inner, state["shot"]

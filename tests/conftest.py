@@ -87,8 +87,10 @@ class JupyterServer:
     def wait_for_app(self, path: str, timeout: float = 90) -> Response:
         """Request ``path`` until the app itself answers (not our progress page)."""
         return self._request_until(
-            path, lambda resp: "X-HPC-Proxies-State" not in resp.headers and resp.status < 500,
-            timeout, f"{path} still not ready",
+            path,
+            lambda resp: "X-HPC-Proxies-State" not in resp.headers and resp.status < 500,
+            timeout,
+            f"{path} still not ready",
         )
 
     def wait_for_text(self, path: str, text: str, timeout: float = 15) -> Response:

@@ -400,12 +400,13 @@ def test_missing_tensorboard_page_says_how_to_install_it(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
+
+    def page() -> str | None:
+        assert launcher.poll() is None, f"the launcher exited: {launcher.stderr.read()}"
+        status, body = unix_get(runtime / "socket", "/tensorboard/")
+        return body if status == 503 else None
+
     try:
-
-        def page() -> str | None:
-            status, body = unix_get(runtime / "socket", "/tensorboard/")
-            return body if status == 503 else None
-
         body = until(page, 30, "the launcher's page (503)", interval=0.1)
         assert "TensorBoard is not installed here" in body
         assert "<code>tensorboard</code>" in body

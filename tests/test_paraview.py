@@ -586,8 +586,11 @@ def test_stop_from_status_page_ends_pvserver_and_xvfb(shared_jupyter):
     assert code == 200 and info["state"] == "stopped", info
     assert not pvserver_pids(shared_jupyter)
     assert not xvfb_pids(shared_jupyter)
+    # The status page has the Stop button: test_interactive_view_in_the_browser clicks
+    # it in chromium and sees pvserver and its X server end.
     page = shared_jupyter.request("/paraview/")
-    assert "ParaView server" in page.text and "Stop" in page.text
+    assert page.status == 200 and "ParaView server" in page.text
+    assert re.search(r"<button id='stop'[^>]*>Stop</button>", page.text), page.text[:2000]
 
 
 def test_sigterm_to_jupyter_leaves_nothing(jupyter):

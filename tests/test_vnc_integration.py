@@ -103,6 +103,8 @@ def test_first_request_shows_progress_then_novnc_with_the_password_filled_in(sha
     assert "password" not in query and secret not in target, target
 
     # What the browser then loads: noVNC, with the credentials script right after <head>.
+    # (That the script answers noVNC's dialog, and that the redirect above lands on a
+    # connected noVNC, is seen in chromium: test_vnc_browser.py.)
     injected = '<head><script>(function(){const pw="' + secret + '";'
     for path in ("/vnc/" + target, "/vnc/vnc.html"):
         page = shared_jupyter.request(path)

@@ -8,6 +8,9 @@ and it must not get ``-rfbport -1``, which TurboVNC rejects.
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from hpc_proxies import config
@@ -87,11 +90,17 @@ def test_the_bridge_sends_the_browser_to_novnc_under_the_prefix(launch):
     assert "password" not in query
 
 
-def test_page_script_only_fills_the_credentials_dialog():
-    script = page_script("p4ss'</")
+def test_page_script_holds_the_password_as_a_script_value():
+    """The script gets the password as a JavaScript string equal to it, whatever its
+    characters. (That the script answers noVNC's credentials dialog is checked in
+    chromium: test_vnc_browser.py's tests connect with no dialog left open and nothing
+    typed; test_pages.py checks that no password can end the script early.)"""
+    password = "p4ss'</script>\"\\é"
+    script = page_script(password)
     assert script.startswith("<script>") and script.endswith("</script>")
-    assert '"p4ss\'</"' in script
-    assert "noVNC_credentials_dlg" in script and "noVNC_password_input" in script
+    literal = re.search(r'const pw=("(?:[^"\\]|\\.)*");', script)
+    assert literal, script[:200]
+    assert json.loads(literal.group(1)) == password  # a JSON string is a JavaScript one
 
 
 def test_vnc_settings_are_validated(tmp_path):

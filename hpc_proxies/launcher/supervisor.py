@@ -232,9 +232,9 @@ class Launcher:
             self.dispatch(lc.Shutdown())
 
     async def _exit(self) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
+        """Stop everything and remove the runtime directory. The signal handlers stay
+        until the end: Jupyter's own SIGTERM and the parent-death signal often follow
+        the first one, and the default action would cut the clean-up short."""
         if self.listener is not None:
             self.listener.stop_listening()
         await self.group.stop()
@@ -244,6 +244,9 @@ class Launcher:
         remove_tree(self.layout.runtime_dir)
         assert self.done is not None
         self.done.set()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
 
     async def _watch_parent(self) -> None:
         """Fallback for PR_SET_PDEATHSIG: stop when the Jupyter server is gone."""

@@ -84,4 +84,4 @@ say "ruff"
 say "docs (sphinx-build -W: a warning or a broken cross-reference fails)"
 "$venv/bin/sphinx-build" -W --keep-going -q -b html docs docs/_build/html
 say "pytest"
-exec "$venv/bin/python" -m pytest -ra "${@:2}"
+exec "$venv/bin/python" -m pytest -ra --durations=25 "${@:2}"

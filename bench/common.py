@@ -89,10 +89,10 @@ def stop_tree(roots: list[int]) -> None:
     procs.send(pids, signal.SIGTERM)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(procs.proc_info(p) for p in pids):
-        procs.reap_children()
+        procs.reap(pids)
         time.sleep(0.05)
     procs.send({p for p in pids if procs.proc_info(p)}, signal.SIGKILL)
-    procs.reap_children()
+    procs.reap(pids)
 
 
 def time_direct(app: AppSpec) -> float:

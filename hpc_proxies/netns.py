@@ -281,8 +281,10 @@ class LoopbackRelay:
         allowed_uid: int | None = None,
         on_refusal: Callable[[Refusal], None] | None = None,
         on_join: Callable[[asyncio.Event], None] | None = None,
+        log: Callable[[str], None] | None = None,
     ):
         self.connector = connector
+        self.log = log
         self.inner_port = inner_port
         self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid
         self.on_refusal = on_refusal
@@ -328,8 +330,10 @@ class LoopbackRelay:
             _no_delay(client)
             try:
                 inner = await asyncio.to_thread(connect_inside, self.connector, self.inner_port)
-            except OSError:
+            except OSError as err:
                 client.close()  # the client sees its connection closed, as with no server
+                if self.log is not None:
+                    self.log(f"a client's connection was closed: pvserver is unreachable ({err})")
                 continue
             self.open.update((client, inner))
             ended = asyncio.Event()

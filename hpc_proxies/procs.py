@@ -121,18 +121,15 @@ def send(pids: set[int], signum: int) -> None:
             pass
 
 
-def reap_children() -> dict[int, int]:
-    """Collect every exited child without blocking; return {pid: wait status}."""
-    reaped = {}
-    while True:
+def reap(pids: set[int]) -> None:
+    """Collect those of ``pids`` that are exited children of ours, without blocking.
+    Never "any child" (``waitpid(-1)``): that takes the exit status of a helper that
+    another thread waits for."""
+    for pid in pids:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            break
-        if pid == 0:
-            break
-        reaped[pid] = status
-    return reaped
+            continue
 
 
 def exit_code(status: int) -> int:

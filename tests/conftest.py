@@ -94,7 +94,8 @@ class JupyterServer:
         )
 
     def wait_for_text(self, path: str, text: str, timeout: float = 15) -> Response:
-        """Request ``path`` until the page contains ``text`` (e.g. past the progress page)."""
+        """Request ``path`` until the page contains ``text`` (e.g. past the progress page);
+        fail, showing the last page, if it does not within ``timeout``."""
         return self._request_until(
             path, lambda resp: text in resp.text, timeout, f"{path} never showed {text!r}"
         )

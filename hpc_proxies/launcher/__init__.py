@@ -31,19 +31,27 @@ Its parts, each with one job:
   app is ready, and its URL parameters.
 """
 
-from ..layout import APP_DIR, APP_SOCKET, CONTROL_SOCKET
-from .params import MAY_RELAUNCH, request_origin
-from .prepare import prepare_start, start_env
-from .supervisor import LOG_LINE_MAX, Launcher
+import importlib
 
-__all__ = [
-    "APP_DIR",
-    "APP_SOCKET",
-    "CONTROL_SOCKET",
-    "LOG_LINE_MAX",
-    "MAY_RELAUNCH",
-    "Launcher",
-    "prepare_start",
-    "request_origin",
-    "start_env",
-]
+#: Public names and the modules that hold them, imported on first use (PEP 562): the
+#: supervisor binds its socket before it imports aiohttp and the rest
+#: (``__main__``), so jupyter-server-proxy's first readiness check finds it at once.
+_EXPORTS = {
+    "APP_DIR": "..layout",
+    "APP_SOCKET": "..layout",
+    "CONTROL_SOCKET": "..layout",
+    "LOG_LINE_MAX": ".supervisor",
+    "MAY_RELAUNCH": "..origins",
+    "Launcher": ".supervisor",
+    "prepare_start": ".prepare",
+    "request_origin": "..origins",
+    "start_env": ".prepare",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

@@ -10,12 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from .. import config, procs
-from ..apps import load_app
-from ..layout import LaunchLayout
+from .. import procs
 from ..runtime import UnsafeRuntimeDir, ensure_private_dir
 from . import __doc__ as description
-from .supervisor import Launcher
+from .handover import bind
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,12 +34,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.parent_pid is not None and os.getppid() != args.parent_pid:
         return 0  # the Jupyter server is already gone
+    # Listen first: jupyter-server-proxy's readiness check then connects at its next
+    # try and waits for the answer, instead of backing off while we import the rest.
+    bound = bind(args.socket)
+    from .. import config
+    from ..apps import load_app
+    from ..layout import LaunchLayout
+    from .supervisor import Launcher
+
     launcher = Launcher(
         load_app(args.app),
         LaunchLayout(args.socket),
         args.prefix,
         config.load(),
         parent_pid=args.parent_pid,
+        bound=bound,
     )
     return asyncio.run(launcher.run())
 

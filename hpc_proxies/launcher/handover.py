@@ -21,19 +21,34 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def bind(path: Path) -> socket.socket:
+    """A private (0600) listening socket on ``path``, replacing what was there.
+    Connections queue on it until someone accepts them."""
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
 class OwnedListener:
-    """Our listening socket on ``path``, whose connections go to ``protocol_factory``."""
+    """Our listening socket on ``path``, whose connections go to ``protocol_factory``.
+    ``bound`` is a socket :func:`bind` made on ``path`` earlier, to serve first."""
 
     def __init__(
         self,
         path: Path,
         protocol_factory: Callable[[], asyncio.Protocol],
         log: Callable[[str], None],
+        bound: socket.socket | None = None,
     ) -> None:
         self.path = path
         self.protocol_factory = protocol_factory
         self.log = log
         self.sock: socket.socket | None = None
+        self._bound = bound
         self._accepting: set[asyncio.Task[object]] = set()
 
     @property
@@ -44,12 +59,7 @@ class OwnedListener:
         """Serve on the path (taking it back from an app that has gone)."""
         if self.sock is not None:
             return
-        self.path.unlink(missing_ok=True)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(str(self.path))
-        os.chmod(self.path, 0o600)
-        sock.listen(128)
-        sock.setblocking(False)
+        sock, self._bound = self._bound or bind(self.path), None
         self.sock = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept_waiting, sock)
 

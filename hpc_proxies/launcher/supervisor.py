@@ -7,6 +7,7 @@ import asyncio
 import collections
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -54,8 +55,10 @@ class Launcher:
         site: config.SiteConfig,
         parent_pid: int | None = None,
         engine: LaunchEngine | None = None,
+        bound: socket.socket | None = None,
     ) -> None:
         self.app = app
+        self.bound = bound  # the launch socket, already listening (see __main__)
         self.site = site
         # An app outside the registry (a site's own AppSpec) runs with its defaults.
         self.settings = site.apps.get(app.name) or config.AppSettings(

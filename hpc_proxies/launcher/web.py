@@ -162,10 +162,13 @@ async def take_parameters(request: web.Request) -> web.Response:
 async def serve_web(launcher: Launcher) -> tuple[OwnedListener, list[web.AppRunner]]:
     """Serve the pages on the launch socket (listening at once) and, for an app with URL
     parameters, the control API on its own 0600 socket."""
+    pages.warm_up()
     pages_runner = web.AppRunner(page_app(launcher), access_log=None)
     await pages_runner.setup()
     assert pages_runner.server is not None
-    listener = OwnedListener(launcher.layout.socket, pages_runner.server, launcher.log)
+    listener = OwnedListener(
+        launcher.layout.socket, pages_runner.server, launcher.log, bound=launcher.bound
+    )
     listener.listen()
     runners = [pages_runner]
     if launcher.app.parameters:

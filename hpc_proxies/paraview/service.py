@@ -210,6 +210,7 @@ class PvserverService:
                 port,
                 on_refusal=self.note_refusal,
                 on_join=lambda ended: self._watch_handshake(run, ended),
+                log=self.log,
             ).start()
             port = run.relay.port
         run.port = port

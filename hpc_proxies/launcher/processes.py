@@ -89,10 +89,11 @@ ExitHandler = Callable[[ManagedProcess, int], None]
 class ProcessGroup:
     """The processes of one app (or one pvserver run), from start to a full stop.
 
-    All methods run on one event loop thread, so no lock is needed: the group's only
-    shared state, ``members``, is changed by ``spawn`` and by exit callbacks on that
-    thread. ``on_line`` gets every output line (with its process), ``on_exit`` every
-    exit, both on the loop.
+    All methods run on one event loop thread: ``members`` is changed only by ``spawn``
+    and ``stop``, with no await in between. The one lock, ``_stopping``, spans the
+    awaits of a stop: a second stop waits until the first has ended every process.
+    ``on_line`` gets every output line (with its process), ``on_exit`` every exit, both
+    on the loop.
     """
 
     def __init__(
@@ -116,6 +117,9 @@ class ProcessGroup:
         self._uncollected: set[int] = set()
         self._orphan_handler = False
         self._orphan_scan_due = False
+        #: Held while the group stops: a second stop() (a shutdown during a clean-up)
+        #: waits for the first, so when any stop() returns nothing it stopped runs.
+        self._stopping = asyncio.Lock()
 
     # ---------------------------------------------------------------- start
     def spawn(
@@ -223,6 +227,10 @@ class ProcessGroup:
 
     async def stop(self) -> None:
         """Stop every process of the group and everything they started; then forget them."""
+        async with self._stopping:
+            await self._stop()
+
+    async def _stop(self) -> None:
         members, self.members = self.members, []
         leaders = {member.pid for member in members}
         if leaders:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from processes import LocalUser, ordinary_user, wait_gone
 from waiting import until
 
-from hpc_proxies import procs
+from hpc_proxies import config, procs
 
 ARTIFACTS = Path(
     os.environ.get("HPC_PROXIES_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts")
@@ -268,6 +268,23 @@ def jupyter_with_site(
         yield server
     finally:
         server.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def no_site_config_of_this_machine(monkeypatch):
+    """A test in this process never reads this machine's site configuration (what an
+    admin put in /etc would change what it sees): ``config.load`` must be told which
+    files to read (``files=``, or ``$HPC_PROXIES_CONFIG`` in its ``env``). Jupyter
+    servers the tests start get their own (``jupyter_with_site``)."""
+    real_load = config.load
+
+    def load(env=None, hostname=None, files=None):
+        chosen = (os.environ if env is None else env).get(config.ENV_CONFIG)
+        if files is None and not chosen:
+            raise AssertionError("a test read this machine's site configuration")
+        return real_load(env, hostname, files)
+
+    monkeypatch.setattr(config, "load", load)
 
 
 @pytest.fixture

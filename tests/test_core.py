@@ -92,7 +92,7 @@ def test_typo_in_server_dict_is_rejected_with_a_hint():
 
 
 def test_xpra_server_dict_is_valid_and_has_its_tile():
-    server = server_process(XPRA)
+    server = server_process(XPRA, config.load(env={}, files=[]))
     assert validate_server_process("xpra", server) is server
     assert server["unix_socket"] is True
     assert server["launcher_entry"]["title"] == "Xpra Desktop"
@@ -101,7 +101,7 @@ def test_xpra_server_dict_is_valid_and_has_its_tile():
 
 
 def test_launcher_argv_survives_jupyter_server_proxys_templating(tmp_path):
-    server = server_process(XPRA)
+    server = server_process(XPRA, config.load(env={}, files=[]))
     sock = str(tmp_path / "we{ird}" / "socket")
     argv = server["command"](unix_socket=sock, base_url="/user/a{b}/")
     rendered = [arg.format(port=0, unix_socket="", base_url="") for arg in argv]

@@ -141,7 +141,7 @@ def test_redirects_to_another_host_come_back_to_the_browsers_host():
 
 def test_the_redirect_rewrite_is_in_the_server_dict():
     """RStudio declares ``fix_redirect_host``: its server dict rewrites such redirects."""
-    rewrite = server_process(RSTUDIO)["rewrite_response"]
+    rewrite = server_process(RSTUDIO, config.load(env={}, files=[]))["rewrite_response"]
     response = SimpleNamespace(headers={"Location": "http://127.0.0.1:8787/rstudio/in"})
     rewrite(request=SimpleNamespace(host="127.0.0.1:9999"), response=response)
     assert response.headers["Location"] == "//127.0.0.1:9999/rstudio/in"

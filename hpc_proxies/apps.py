@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from .spec import AppSpec
 
@@ -24,3 +25,12 @@ def load_app(name: str) -> AppSpec:
         known = ", ".join(sorted(APP_MODULES))
         raise KeyError(f"unknown app {name!r}; known apps: {known}") from None
     return importlib.import_module(module_name).APP
+
+
+def icon_path(name: str) -> str:
+    """The SVG icon ``icons/<name>.svg``, from the wheel or from a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "icons" / f"{name}.svg", here.parent / "icons" / f"{name}.svg"):
+        if candidate.is_file():
+            return str(candidate)
+    return ""

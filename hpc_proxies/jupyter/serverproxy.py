@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from .. import config, pages
+from ..apps import icon_path
 from ..layout import LaunchLayout
 from ..origins import request_origin
 from ..runtime import read_secret
@@ -98,15 +99,6 @@ def validate_server_process(name: str, server: dict) -> dict:
 def template_literal(value: str) -> str:
     """Protect ``value`` from jupyter-server-proxy's ``str.format`` templating."""
     return value.replace("{", "{{").replace("}", "}}")
-
-
-def icon_path(name: str) -> str:
-    """The SVG icon ``icons/<name>.svg``, from the wheel or from a source checkout."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here / "icons" / f"{name}.svg", here.parent / "icons" / f"{name}.svg"):
-        if candidate.is_file():
-            return str(candidate)
-    return ""
 
 
 def inject_into_head(body: bytes, encoding: str, snippet: str) -> bytes | None:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import config
+from ..apps import icon_path
 from ..executables import app_env, run_program, setup_argv
-from ..serverproxy import icon_path
 
 KERNEL_NAME = "paraview"
 DISPLAY_NAME = "ParaView (pvpython)"

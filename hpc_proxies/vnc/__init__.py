@@ -144,7 +144,7 @@ def page_script(password: str) -> str:
     """Answer noVNC's credentials dialog with the launch password whenever it opens
     (first connection and every reconnection), so it never goes through a URL."""
     return render_template(
-        "vnc_credentials.html", password=password, js=static_text("vnc-credentials.js")
+        "page_secret.html", password=password, js=static_text("vnc-credentials.js")
     )
 
 

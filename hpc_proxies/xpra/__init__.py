@@ -14,12 +14,12 @@ back through ``--start-env``.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..pages import render_template, static_text
 from ..runtime import stand_in_home, write_private_file
 from ..spec import AppSpec, Launch, Requirement, Setting
 
@@ -133,11 +133,8 @@ def environment(launch: Launch) -> dict[str, str]:
 def page_script(password: str) -> str:
     """The HTML5 client reads ``password`` and ``sharing`` from sessionStorage (then drops
     the password), so the secret reaches it without a ``?password=`` URL."""
-    return (
-        "<script>try{"
-        f"sessionStorage.setItem('password',{json.dumps(password)});"
-        "sessionStorage.setItem('sharing','true');"
-        "}catch(e){}</script>"
+    return render_template(
+        "page_secret.html", password=password, js=static_text("xpra-credentials.js")
     )
 
 

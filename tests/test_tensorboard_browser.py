@@ -9,7 +9,11 @@ after a directory that does not exist, through the form on the page that says so
 
 A link to ``?logdir=`` on another site (a page on ``localhost`` while Jupyter is on
 ``127.0.0.1``) gets a page that asks first, whose button relaunches TensorBoard and whose
-link leaves it as it is.
+link leaves it as it is. That test is not about the tile: it logs in without loading
+JupyterLab and opens TensorBoard by its URL.
+
+Each test has its own Jupyter server and its own browser context (a fresh profile), in
+the module's one chromium.
 
 Screenshots: ``ARTIFACTS/tensorboard-<step>.png`` and
 ``ARTIFACTS/tensorboard_cross_site-<step>.png`` (``…-failure-<n>.png`` on failure).
@@ -27,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
-from browser import Box, chromium, log_tail, rgb, screenshot, wait_for
+from browser import Box, SharedChromium, chromium, log_in, log_tail, rgb, screenshot, wait_for
 from conftest import ARTIFACTS
 from PIL import Image
 from playwright.sync_api import BrowserContext, Page
@@ -112,7 +116,7 @@ class Browser:
 
     def until(self, what: str, check: Callable, page: Page, timeout: float = TIMEOUT):
         """``check()`` until it returns something truthy; fail with the page and log."""
-        return wait_for(what, check, self.jupyter, page, timeout, interval=0.3)
+        return wait_for(what, check, self.jupyter, page, timeout, interval=0.15)
 
     def chart(self, page: Page, tag: str, step: str) -> Line:
         """Wait until the card of ``tag`` shows a drawn line; return it."""
@@ -138,17 +142,30 @@ def evaluate(page: Page, expression: str, arg: object = None) -> object:
 
 
 @contextmanager
-def tensorboard_browser(jupyter, prefix: str = "tensorboard") -> Iterator[Browser]:
-    """Chromium logged in to ``jupyter`` (its cookie, from ``?token=``); screenshots are
-    ``ARTIFACTS/<prefix>-<step>.png``."""
+def tensorboard_browser(
+    jupyter, shared: SharedChromium, prefix: str = "tensorboard", lab: bool = True
+) -> Iterator[Browser]:
+    """A context of the ``shared`` chromium (a fresh profile) logged in to ``jupyter``
+    (its cookie, from ``?token=``), on JupyterLab's launcher (without ``lab``: logged in
+    only, JupyterLab not loaded); screenshots are ``ARTIFACTS/<prefix>-<step>.png``."""
     for stale in ARTIFACTS.glob(f"{prefix}-*.png"):
         stale.unlink()
-    with chromium(f"{prefix}-failure") as context:
+    with chromium(f"{prefix}-failure", shared=shared) as context:
         b = Browser(jupyter, context, lab=None, prefix=prefix)  # type: ignore[arg-type]
         context.on("response", lambda r: b.responses.append((r.url, r.status, dict(r.headers))))
         b.lab = context.new_page()
-        b.lab.goto(f"{jupyter.url}/lab?token={jupyter.token}")
+        if lab:
+            b.lab.goto(f"{jupyter.url}/lab?token={jupyter.token}")
+        else:
+            log_in(b.lab, jupyter)
         yield b
+
+
+@pytest.fixture(scope="module")
+def shared_chromium() -> Iterator[SharedChromium]:
+    """One chromium for the module; each test has a context (a fresh profile) of its own."""
+    with SharedChromium() as shared:
+        yield shared
 
 
 def progress_then_app(b: Browser, query: str) -> None:
@@ -161,9 +178,11 @@ def progress_then_app(b: Browser, query: str) -> None:
     assert (202, True) in seen and (200, False) in seen, seen
 
 
-def test_tile_draws_the_charts_and_the_logdir_is_switched_from_the_browser(jupyter):
+def test_tile_draws_the_charts_and_the_logdir_is_switched_from_the_browser(
+    jupyter, shared_chromium
+):
     write_experiments(jupyter.root_dir)
-    with tensorboard_browser(jupyter) as b:
+    with tensorboard_browser(jupyter, shared_chromium) as b:
         # The tile and its (orange) icon.
         card = b.lab.locator(".jp-LauncherCard", has_text=TITLE)
         try:
@@ -264,11 +283,16 @@ def follow_the_link(b: Browser, tab: Page, site: str, step: str) -> None:
     b.shot(tab, step)
 
 
-def test_a_link_on_another_site_asks_before_tensorboard_is_relaunched(jupyter):
+def test_a_link_on_another_site_asks_before_tensorboard_is_relaunched(jupyter, shared_chromium):
     write_experiments(jupyter.root_dir)
     exp2 = jupyter.root_dir / "experiments" / "exp2"
     link = f"{jupyter.url}/tensorboard/?logdir=experiments/exp2"
-    with another_site(link) as site, tensorboard_browser(jupyter, "tensorboard_cross_site") as b:
+    # The story is the link, not the tile: no JupyterLab (its start takes 4 s of CPU
+    # that TensorBoard's own start shares), TensorBoard opened by its URL.
+    with (
+        another_site(link) as site,
+        tensorboard_browser(jupyter, shared_chromium, "tensorboard_cross_site", lab=False) as b,
+    ):
         tab = b.context.new_page()
         tab.goto(f"{jupyter.url}/tensorboard/")
         b.chart(tab, "loss", "before")

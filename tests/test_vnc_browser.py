@@ -1,10 +1,15 @@
 """End to end, in Debian's chromium: JupyterLab's "VNC Desktop" tile to a TigerVNC desktop.
 
-Each test has its own Jupyter server and browser. The user logs in with the token and
-clicks the tile: a new tab shows our progress page, then noVNC, which connects through
-the bridge's websocket to TigerVNC. Nobody types the VncAuth password: the Jupyter
-server put a script into ``vnc.html`` that answers noVNC's credentials dialog. The
-tests check what the user sees and what the session gets:
+The tests share one Jupyter server and one chromium (see the fixtures below); each has
+its own, freshly started desktop and its own browser context (a fresh profile). The
+user logs in with the token and clicks the tile: a new tab shows our progress page,
+then noVNC, which connects through the bridge's websocket to TigerVNC. Nobody types the
+VncAuth password: the Jupyter server put a script into ``vnc.html`` that answers
+noVNC's credentials dialog. The tests whose story is not the tile (resizing, the
+clipboard, a dropped websocket, the xterm appearing by itself) log in without loading
+JupyterLab and open ``/vnc/`` directly, as a bookmark would: the same page the tile
+opens, without JupyterLab's 4 s start. The tests check what the user sees and what the
+session gets:
 
 * the session's xterm is drawn on noVNC's canvas (pixels of screenshots), and keys
   typed in the browser run a command in it;
@@ -16,11 +21,13 @@ tests check what the user sees and what the session gets:
 * no URL the browser requested contains the password.
 
 Where the xterm is comes from the session (``xwininfo`` with the xterm's ``DISPLAY``
-and ``XAUTHORITY``), not from guessing: the default session runs ``xterm &`` and then
-openbox, so the xterm is either placed and focused by openbox (centred) or mapped
-before openbox ran (top left, without the focus). noVNC reports "connected" before the
-session has mapped any window, and keys sent then are lost; so keys are typed only
-after a click into the xterm has made it the active window (``_NET_ACTIVE_WINDOW``).
+and ``XAUTHORITY``), not from guessing: the default session starts it from openbox
+(``openbox --startup xterm``), which places it, centred; a session's xterm mapped before
+its window manager ran would be at the top left, without the focus. noVNC reports
+"connected" before the session has mapped any window, and keys sent then are lost; so
+keys are typed only after a click into the xterm has made it the active window
+(``_NET_ACTIVE_WINDOW``). For its first 2 s, noVNC shows its control bar (left edge)
+and its status line (top) over the desktop; the pixels are checked where neither is.
 
 Screenshots: ``ARTIFACTS/vnc-<test>-<step>.png`` (``…-failure-<n>.png`` on failure).
 """
@@ -32,7 +39,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -41,9 +48,11 @@ import pytest
 from browser import (
     VIEWPORT,
     Box,
+    SharedChromium,
     Stats,
     chromium,
     differing,
+    log_in,
     log_tail,
     looks_like_background,
     rgb,
@@ -51,13 +60,14 @@ from browser import (
     stats,
     wait_for,
 )
-from conftest import ARTIFACTS
+from conftest import ARTIFACTS, jupyter_with_site
 from PIL import Image
 from playwright.sync_api import BrowserContext, Locator, Page
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from processes import find_process
 from test_xpra_clipboard import xclip_owner
+from waiting import until
 
 from hpc_proxies import procs
 
@@ -66,6 +76,7 @@ pytestmark = pytest.mark.browser
 TITLE = "VNC Desktop"
 START_TIMEOUT = 90  # the launcher, Jupyter's login, JupyterLab: seconds, if the machine is slow
 TIMEOUT = 20  # anything else a user would wait for (it takes a second or two)
+LOG_OUT_TIMEOUT = 20  # logging out of a desktop stops it in well under a second
 WAKE_AFTER = 3  # seconds without an xterm before the user clicks on the desktop
 SAME = 0.02  # at most this fraction of an xterm's pixels may differ to count as "the same"
 
@@ -75,6 +86,21 @@ CONNECTED_JS = "() => document.documentElement.classList.contains('noVNC_connect
 BAR_CLOSED_JS = (
     "() => !document.getElementById('noVNC_control_bar').classList.contains('noVNC_open')"
 )
+# noVNC's control bar (left edge) and status line (top) while they are shown or slide in
+# or out (it shows both when it connects, and closes them by itself 2 s later), each
+# where it is when fully shown: the bar with its handle (15 px beyond it) and shadow.
+NOVNC_OVERLAYS_JS = """() => {
+  const shown = [];
+  for (const id of ['noVNC_control_bar', 'noVNC_status']) {
+    const el = document.getElementById(id);
+    if (!el.classList.contains('noVNC_open') && !el.getAnimations({subtree: true}).length)
+      continue;
+    const r = el.getBoundingClientRect();
+    shown.push(id === 'noVNC_status' ? {x: 0, y: 0, w: innerWidth, h: r.height + 6}
+                                     : {x: 0, y: r.top, w: r.width + 21, h: r.height + 6});
+  }
+  return shown;
+}"""
 NOVNC_STATE_JS = """() => ({
   url: location.href, state: document.documentElement.className,
   status: (document.getElementById('noVNC_status') || {}).innerText,
@@ -138,15 +164,23 @@ def find_session(jupyter) -> Session:
     launcher = jupyter.launcher_pid("vnc")
     pids = {launcher} | procs.descendants(launcher)
     xterm = find_process(pids, "xterm")
+    rfb_socket = jupyter.runtime_dir("vnc") / "app" / "rfb.sock"
+    return Session(x_env(xterm), find_process(pids, "Xtigervnc"), xterm, rfb_socket)
+
+
+def x_env(pid: int) -> dict[str, str]:
+    """What a program needs to reach the X display of process ``pid``: its ``DISPLAY``
+    and ``XAUTHORITY``."""
     environ = dict(
         item.split("=", 1)
-        for item in Path(f"/proc/{xterm}/environ").read_text().split("\0")
+        for item in Path(f"/proc/{pid}/environ").read_text().split("\0")
         if "=" in item
     )
-    env = {"PATH": "/usr/bin:/bin", "DISPLAY": environ["DISPLAY"]}
-    env["XAUTHORITY"] = environ["XAUTHORITY"]
-    rfb_socket = jupyter.runtime_dir("vnc") / "app" / "rfb.sock"
-    return Session(env, find_process(pids, "Xtigervnc"), xterm, rfb_socket)
+    return {
+        "PATH": "/usr/bin:/bin",
+        "DISPLAY": environ["DISPLAY"],
+        "XAUTHORITY": environ["XAUTHORITY"],
+    }
 
 
 def find_session_when_up(jupyter) -> Session:
@@ -222,13 +256,47 @@ def alive(pid: int) -> bool:
     return info is not None and info.state != "Z"
 
 
+def desktop_processes(jupyter) -> tuple[int | None, set[int]]:
+    """The VNC launcher (None before the first ``/vnc/`` request) and what runs below it:
+    the desktop and the bridge, nothing when no desktop runs."""
+    try:
+        launcher = jupyter.launcher_pid("vnc")
+    except AssertionError:
+        return None, set()
+    return launcher, procs.descendants(launcher)
+
+
+def log_out(jupyter) -> None:
+    """Log out of the desktop, as openbox's "Exit" does (``openbox --exit``), and wait
+    until the launcher has stopped what was left and removed the desktop's directory.
+    The next ``/vnc/`` request then starts a fresh desktop (see docs/users.md)."""
+    launcher, running = desktop_processes(jupyter)
+    if not running:
+        return
+    app_dir = jupyter.runtime_dir("vnc") / "app"
+    openbox = find_process(running, "openbox")
+    # Its exit status says little: the X server it asked may be gone before it hangs up.
+    out = subprocess.run(
+        ["openbox", "--exit"], env=x_env(openbox), capture_output=True, text=True, timeout=15
+    )
+    try:
+        until(
+            lambda: not procs.descendants(launcher) and not app_dir.exists(),
+            LOG_OUT_TIMEOUT,
+            "the desktop to stop after logging out",
+        )
+    except AssertionError as err:
+        said = f"openbox --exit: exit {out.returncode} {out.stderr.strip()}"
+        raise AssertionError(f"{err}\n{said}{log_tail(jupyter)}") from None
+
+
 # ---------------------------------------------------------------- the browser's side
 @dataclass(repr=False)  # short assertion messages
 class Browser:
     jupyter: object
     name: str  # the test's, in the screenshots' names
     context: BrowserContext
-    lab: Page
+    lab: Page  # the first tab: JupyterLab, or the page that logged in without it
     urls: list[str] = field(default_factory=list)  # pages, requests and websockets
     responses: list[tuple[str, int, dict]] = field(default_factory=list)
     vnc_websockets: list[str] = field(default_factory=list)
@@ -247,7 +315,7 @@ class Browser:
     def until(self, what: str, check: Callable, page: Page | None = None, timeout=TIMEOUT):
         """``check()`` until it returns something truthy; fail with the page and log."""
         try:
-            return wait_for(what, check, self.jupyter, None, timeout, 0.2)
+            return wait_for(what, check, self.jupyter, None, timeout, 0.1)
         except AssertionError as err:  # it has the log's tail already
             raise AssertionError(f"{err}{self.state(page, log=False)}") from None
 
@@ -265,11 +333,13 @@ class Browser:
 
 
 @contextmanager
-def vnc_browser(jupyter, name: str) -> Iterator[Browser]:
-    """Chromium logged in to JupyterLab; at the end, no URL may have carried the password."""
+def vnc_browser(jupyter, shared: SharedChromium, name: str, lab: bool = True) -> Iterator[Browser]:
+    """A context of the ``shared`` chromium (a fresh profile), logged in to JupyterLab
+    (or, without ``lab``, only logged in: for a test that opens ``/vnc/`` directly); at
+    the end, no URL may have carried the password."""
     for stale in ARTIFACTS.glob(f"vnc-{name}-*.png"):
         stale.unlink()
-    with chromium(f"vnc-{name}-failure") as context:
+    with chromium(f"vnc-{name}-failure", shared=shared) as context:
         b = Browser(jupyter, name, context, lab=None)  # type: ignore[arg-type]
 
         def on_websocket(ws) -> None:
@@ -285,7 +355,10 @@ def vnc_browser(jupyter, name: str) -> Iterator[Browser]:
         context.on("request", lambda req: b.urls.append(req.url))
         context.on("response", lambda r: b.responses.append((r.url, r.status, dict(r.headers))))
         b.lab = context.new_page()
-        b.lab.goto(f"{jupyter.url}/lab?token={jupyter.token}")
+        if lab:
+            b.lab.goto(f"{jupyter.url}/lab?token={jupyter.token}")
+        else:
+            log_in(b.lab, jupyter)
         yield b
         assert_password_kept_out(b)
 
@@ -319,7 +392,19 @@ def open_from_tile(b: Browser) -> Page:
     card = launcher_card(b)
     with b.context.expect_page(timeout=30_000) as new_tab:
         card.click()
-    tab = new_tab.value
+    return connected(b, new_tab.value)
+
+
+def open_directly(b: Browser) -> Page:
+    """Open ``/vnc/`` in a new tab, as a bookmark would (the page the tile opens), for
+    the tests whose story is not the tile: they need no JupyterLab."""
+    tab = b.context.new_page()
+    tab.goto(f"{b.jupyter.url}/vnc/")
+    return connected(b, tab)
+
+
+def connected(b: Browser, tab: Page) -> Page:
+    """``tab``, once noVNC has connected (the password answered for us)."""
     b.until_js(tab, CONNECTED_JS, "noVNC to connect", timeout=START_TIMEOUT)
     b.secret = (b.jupyter.runtime_dir("vnc") / "app" / "secret").read_text().strip()
     return tab
@@ -343,16 +428,18 @@ def looks_like_xterm(s: Stats) -> bool:
 
 
 def wait_for_xterm(
-    b: Browser, tab: Page, session: Session, step: str, wake: bool = True
+    b: Browser, tab: Page, session: Session, step: str, wake: bool = True, bare: bool = False
 ) -> tuple[Box, Image.Image]:
-    """Wait until the xterm is drawn where the session has it, noVNC's control bar closed.
+    """Wait until the xterm is drawn where the session has it, with neither of noVNC's
+    overlays (its control bar, its status line) over the xterm or over the patch of
+    desktop that ``assert_desktop_pixels`` checks; with ``bare``, with none shown at all
+    (a picture of the desktop alone: the docs show it).
 
     With ``wake``, the user clicks on the empty desktop every few seconds while there is
     no xterm yet: openbox sometimes leaves the xterm's map request unhandled until its
     next X event (see ``test_the_xterm_appears_by_itself``).
     """
     b.until_js(tab, CONNECTED_JS, f"noVNC to be connected ({step})")
-    b.until_js(tab, BAR_CLOSED_JS, f"noVNC's control bar to close by itself ({step})")
     last: dict = {"woken": 0}
     started = time.monotonic()
 
@@ -366,8 +453,15 @@ def wait_for_xterm(
                 last["woken"] += 1
             return None
         box = on_page(tab, win)
+        # Where the overlays are before and after the screenshot: one may close meanwhile.
+        overlays = tab.evaluate(NOVNC_OVERLAYS_JS)
         shot = b.shot(tab, step)
-        last["xterm"] = (win, box, stats(box.crop(shot)))
+        overlays = [Box.of(o) for o in overlays + tab.evaluate(NOVNC_OVERLAYS_JS)]
+        last["xterm"] = (win, box, stats(box.crop(shot)), overlays)
+        if any(o.overlaps(box) or o.overlaps(desktop_patch(tab)) for o in overlays):
+            return None
+        if bare and overlays:
+            return None
         return (box, shot) if looks_like_xterm(last["xterm"][2]) else None
 
     try:
@@ -385,10 +479,15 @@ def unmanaged_xterm(session: Session) -> str:
     return f"xterm window {state.group(1) if state else 'absent'}; openbox's {clients}"
 
 
+def desktop_patch(tab: Page) -> Box:
+    """A patch of the desktop, 10 px in from the canvas' bottom right corner."""
+    c = tab.evaluate(CANVAS_JS)
+    return Box(round(c["x"] + c["w"]) - 110, round(c["y"] + c["h"]) - 110, 100, 100)
+
+
 def assert_desktop_pixels(b: Browser, tab: Page, shot: Image.Image, box: Box, step: str) -> None:
     """The xterm white with text, on the black desktop, inside a canvas that fills the tab."""
-    c = tab.evaluate(CANVAS_JS)
-    back = Box(round(c["x"] + c["w"]) - 110, round(c["y"] + c["h"]) - 110, 100, 100)
+    back = desktop_patch(tab)
     assert back.x >= box.x + box.w or back.y >= box.y + box.h, (back, box)
     term, desk = stats(box.crop(shot)), stats(back.crop(shot))
     where = (
@@ -404,7 +503,7 @@ def type_into_xterm(b: Browser, tab: Page, session: Session, box: Box, command: 
     tab.bring_to_front()
     tab.mouse.click(box.x + box.w // 2, box.y + box.h // 2)
     b.until("a click to make the xterm the active window", lambda: active_xterm(session), tab)
-    tab.keyboard.type(command, delay=15)
+    tab.keyboard.type(command)
     tab.keyboard.press("Enter")
 
 
@@ -450,9 +549,74 @@ def same_pixels(b: Browser, tab: Page, box: Box, reference: Image.Image, step: s
         raise AssertionError(f"{err}\ndiffering pixels: {last}") from None
 
 
+# ---------------------------------------------------------------- one Jupyter server
+class SharedServer:
+    """The module's Jupyter server: started for the first test, and again after a test
+    that could not log out of its desktop (so one such failure stays one)."""
+
+    def __init__(self, tmp_path_factory):
+        self.tmp_path_factory = tmp_path_factory
+        self.stack: ExitStack | None = None
+        self.server = None
+
+    def get(self):
+        if self.server is None:
+            self.stack = ExitStack()
+            root = self.tmp_path_factory.mktemp("jupyter")
+            self.server = self.stack.enter_context(jupyter_with_site(root))
+        return self.server
+
+    def stop(self) -> None:
+        stack, self.stack, self.server = self.stack, None, None
+        if stack is not None:
+            stack.close()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory) -> Iterator[SharedServer]:
+    shared = SharedServer(tmp_path_factory)
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_chromium() -> Iterator[SharedChromium]:
+    """One chromium for the module; each test has a context (a fresh profile) of its own."""
+    with SharedChromium() as shared:
+        yield shared
+
+
+@pytest.fixture
+def jupyter(shared_server):
+    """The module's one Jupyter server (its start is 2 s of each test's time otherwise),
+    with no desktop running: each test starts from the state a fresh server is in.
+
+    After each test, the user logs out of the desktop (``log_out``: openbox's "Exit"),
+    and the launcher stops what is left, as it does when a user logs out; the next test's
+    ``/vnc/`` request starts a new desktop, with our progress page first. So every test
+    still gets a fresh desktop: not one that another test left at another size (the
+    resize test ends at 1440x900, and a desktop is only resized when noVNC connects) or
+    with another test's commands in its xterm (the typing checks count the text's dark
+    pixels on the screen, which a full, scrolling xterm would not grow). What persists
+    is the Jupyter server and its root directory, where each test's typed commands
+    write files of their own names, and the launcher process, which a fresh server
+    would start on the first request. Should logging out fail, the server is stopped
+    too, and the next test gets a new one.
+    """
+    server = shared_server.get()
+    _, running = desktop_processes(server)
+    assert not running, f"a desktop is still running before the test: {sorted(running)}"
+    yield server
+    try:
+        log_out(server)
+    except BaseException:
+        shared_server.stop()
+        raise
+
+
 # ---------------------------------------------------------------- the tests
-def test_tile_connects_without_a_password_prompt_and_keys_reach_the_xterm(jupyter):
-    with vnc_browser(jupyter, "tile") as b:
+def test_tile_connects_without_a_password_prompt_and_keys_reach_the_xterm(jupyter, shared_chromium):
+    with vnc_browser(jupyter, shared_chromium, "tile") as b:
         # The tile and its icon, in the DOM and on screen.
         card = launcher_card(b)
         icon = card.locator(".jp-LauncherCard-icon img")
@@ -503,26 +667,26 @@ def test_tile_connects_without_a_password_prompt_and_keys_reach_the_xterm(jupyte
         assert alive(session.xvnc) and alive(session.xterm)
 
 
-def test_the_xterm_appears_by_itself(jupyter):
+def test_the_xterm_appears_by_itself(jupyter, shared_chromium):
     """The desktop shows the session's xterm without the user touching it.
 
-    The default session runs ``xterm &`` and then ``exec openbox``. When the xterm maps
-    its window while openbox is starting, openbox may leave the map request queued
-    until its next X event: a click, another window, or a timer about 5 s later; if none
-    comes, the user looks at an empty black desktop until they click on it.
+    A session that runs ``xterm &`` and then ``exec openbox`` (the default did) maps the
+    xterm's window while openbox is starting, and openbox may leave the map request
+    queued until its next X event: a click, another window, or a timer about 5 s later;
+    if none comes, the user looks at an empty black desktop until they click on it. The
+    default session now starts the xterm from openbox (``--startup``).
     """
-    with vnc_browser(jupyter, "by-itself") as b:
-        b.lab.goto(f"{jupyter.url}/vnc/")
-        b.until_js(b.lab, CONNECTED_JS, "noVNC to connect", timeout=START_TIMEOUT)
-        b.secret = (jupyter.runtime_dir("vnc") / "app" / "secret").read_text().strip()
+    with vnc_browser(jupyter, shared_chromium, "by-itself", lab=False) as b:
+        tab = open_directly(b)
         session = find_session_when_up(jupyter)
-        box, shot = wait_for_xterm(b, b.lab, session, "untouched", wake=False)
-        assert_desktop_pixels(b, b.lab, shot, box, "untouched")
+        # Bare: the screenshot is the docs' picture of the desktop.
+        box, shot = wait_for_xterm(b, tab, session, "untouched", wake=False, bare=True)
+        assert_desktop_pixels(b, tab, shot, box, "untouched")
 
 
-def test_resizing_the_browser_resizes_the_remote_desktop(jupyter):
-    with vnc_browser(jupyter, "resize") as b:
-        tab = open_from_tile(b)
+def test_resizing_the_browser_resizes_the_remote_desktop(jupyter, shared_chromium):
+    with vnc_browser(jupyter, shared_chromium, "resize", lab=False) as b:
+        tab = open_directly(b)
         session = find_session_when_up(jupyter)
         wait_for_xterm(b, tab, session, "1280x800")
         assert desktop_size(session) == (1280, 800)
@@ -557,13 +721,15 @@ def resize_browser(b: Browser, tab: Page, session: Session, width: int, height: 
     assert_desktop_pixels(b, tab, shot, box, step)
 
 
-def test_novnc_clipboard_panel_and_the_session_clipboard(jupyter):
+def test_novnc_clipboard_panel_and_the_session_clipboard(jupyter, shared_chromium):
     owners: list[subprocess.Popen] = []
     try:
-        with vnc_browser(jupyter, "clipboard") as b:
-            tab = open_from_tile(b)
+        with vnc_browser(jupyter, shared_chromium, "clipboard", lab=False) as b:
+            tab = open_directly(b)
             session = find_session_when_up(jupyter)
             wait_for_xterm(b, tab, session, "connected")
+            # Closing by itself, the bar would close the panel too, and the text with it.
+            b.until_js(tab, BAR_CLOSED_JS, "noVNC's control bar to close by itself")
             tag = secrets.token_hex(4)
 
             # noVNC -> session: typed into the panel, sent when the text box loses the focus.
@@ -614,9 +780,9 @@ def open_clipboard_panel(b: Browser, tab: Page) -> None:
     tab.locator("#noVNC_clipboard_text").wait_for(state="visible", timeout=TIMEOUT * 1000)
 
 
-def test_dropped_websocket_reconnects_to_the_same_desktop(jupyter):
-    with vnc_browser(jupyter, "reconnect") as b:
-        tab = open_from_tile(b)
+def test_dropped_websocket_reconnects_to_the_same_desktop(jupyter, shared_chromium):
+    with vnc_browser(jupyter, shared_chromium, "reconnect", lab=False) as b:
+        tab = open_directly(b)
         session = find_session_when_up(jupyter)
         box, _ = wait_for_xterm(b, tab, session, "connected")
         run_in_xterm(b, tab, session, box, f"before_drop_{secrets.token_hex(3)}")
@@ -648,8 +814,8 @@ def test_dropped_websocket_reconnects_to_the_same_desktop(jupyter):
         run_in_xterm(b, tab, session, box, f"after_drop_{secrets.token_hex(3)}")
 
 
-def test_closing_the_tab_keeps_the_desktop_and_the_tile_reconnects(jupyter):
-    with vnc_browser(jupyter, "close-tab") as b:
+def test_closing_the_tab_keeps_the_desktop_and_the_tile_reconnects(jupyter, shared_chromium):
+    with vnc_browser(jupyter, shared_chromium, "close-tab") as b:
         tab = open_from_tile(b)
         session = find_session_when_up(jupyter)
         box, _ = wait_for_xterm(b, tab, session, "connected")

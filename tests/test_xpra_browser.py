@@ -66,7 +66,7 @@ def type_into_xterm(page: Page, box: Box, text: str) -> None:
     """Click into the xterm (gives it the focus) and type ``text`` and Enter."""
     page.bring_to_front()
     page.mouse.click(box.x + box.w // 2, box.y + box.h // 2)
-    page.keyboard.type(text, delay=15)
+    page.keyboard.type(text)
     page.keyboard.press("Enter")
 
 

@@ -43,6 +43,7 @@ from browser import (
     XPRA_CONNECTED_JS,
     Box,
     chromium,
+    log_in,
     log_tail,
     page_state,
     screenshot,
@@ -218,9 +219,10 @@ def test_clipboard_both_ways(jupyter):
 
 
 def run_scenario(jupyter, context, console: list[str], owners: list[subprocess.Popen]) -> None:
-    # Log in with the token (it sets Jupyter's login cookie), then open the desktop.
+    # Log in with the token (it sets Jupyter's login cookie), then open the desktop's
+    # URL: the story is the clipboard, not JupyterLab or its tile (test_xpra_browser's).
     tab = context.new_page()
-    tab.goto(f"{jupyter.url}/lab?token={jupyter.token}")
+    log_in(tab, jupyter)
     tab.goto(f"{jupyter.url}/xpra/")
     xterm, _ = wait_for_xpra_xterm(tab, f"{PREFIX}-tab", jupyter)
     # More logging only (browser console and Xpra's log), for the failure messages.

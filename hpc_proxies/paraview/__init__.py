@@ -26,6 +26,10 @@ from ..spec import AppSpec, Launch, Requirement, Setting
 #: Debian's python3-paraview is importable by Debian's own Python.
 DEFAULT_PYTHON = "/usr/bin/python3"
 RENDERING_MODES = ("xvfb", "display", "egl")
+#: Seconds a client let through the relay has, unless the site sets
+#: ``handshake_timeout``, to finish ParaView's handshake: pvserver serves one client and
+#: waits on the first, so one that stalls would hold everyone.
+HANDSHAKE_TIMEOUT = 15.0
 
 
 def connect(timeout: float = 120.0):
@@ -64,6 +68,8 @@ def command(launch: Launch) -> list[str]:
         str(settings.get("egl_device", 0)),
         "--timeout",
         str(settings.get("pvserver_timeout", 60)),
+        "--handshake-timeout",
+        str(settings.get("handshake_timeout", HANDSHAKE_TIMEOUT)),
         "--isolate-network",
         str(settings.get("isolate_network", "auto")),
     ]
@@ -114,6 +120,14 @@ APP = AppSpec(
             "Seconds pvserver may take to listen after a start (the tile's own start-up "
             "is `timeout`).",
             example=300,
+        ),
+        Setting(
+            "handshake_timeout",
+            float,
+            HANDSHAKE_TIMEOUT,
+            "Seconds a client let through the relay has to finish ParaView's handshake "
+            "before pvserver is started anew, so that a hung client cannot hold it (pvserver "
+            "serves one client, and waits on the first).",
         ),
         Setting(
             "isolate_network",

@@ -31,6 +31,7 @@ from typing import Any
 
 from .. import netns
 from ..runtime import ensure_private_dir, fresh_private_dir, remove_tree, write_private_file
+from . import HANDSHAKE_TIMEOUT
 from .server import EXIT_NO_PARAVIEW, MARK
 from .starter import LocalPvserver, Options, PvserverStarter, Run, StartFailed
 
@@ -42,9 +43,6 @@ MAX_REFUSALS = 3
 #: Connections from other users refused by the relay, kept across restarts and new ids
 #: so that the user sees them on the status page.
 REFUSED_KEPT = 20
-#: A client let through the relay has this long to finish ParaView's handshake: pvserver
-#: serves one client and waits on the first, so one that stalls would hold everyone.
-HANDSHAKE_TIMEOUT = 15.0
 #: Lines of pvserver's output on the status page.
 TAIL_SHOWN = 15
 INNER_ADDRESS_LINES = ("Connection URL:", "Accepting connection(s):")
@@ -220,14 +218,16 @@ class PvserverService:
 
     def _watch_handshake(self, run: Run, ended: asyncio.Event) -> None:
         """A client came through the relay: it must finish the handshake (pvserver says
-        "connected") or leave within HANDSHAKE_TIMEOUT, or pvserver starts anew."""
+        "connected") or leave within the site's ``handshake_timeout`` (by default
+        HANDSHAKE_TIMEOUT), or pvserver starts anew."""
         if not run.connected:
             self._background(self._handshake_deadline(run, ended))
 
     async def _handshake_deadline(self, run: Run, ended: asyncio.Event) -> None:
+        timeout = self.options.handshake_timeout
         waits = [asyncio.ensure_future(e.wait()) for e in (run.connected_event, ended)]
         _done, pending = await asyncio.wait(
-            waits, timeout=HANDSHAKE_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
         for wait in pending:
             wait.cancel()
@@ -235,7 +235,7 @@ class PvserverService:
             return
         self.log(
             f"a connection to pvserver did not finish ParaView's handshake within "
-            f"{HANDSHAKE_TIMEOUT:.0f} s and held it; starting pvserver anew"
+            f"{timeout:g} s and held it; starting pvserver anew"
         )
         self.stalls += 1
         await self.restart()

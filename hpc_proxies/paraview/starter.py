@@ -21,6 +21,7 @@ from typing import Protocol
 from .. import netns, xdisplay
 from ..launcher.engines import LaunchEngine, LocalEngine
 from ..launcher.processes import ManagedProcess, ProcessGroup
+from . import HANDSHAKE_TIMEOUT
 
 SERVER_SCRIPT = Path(__file__).with_name("server.py")
 
@@ -37,6 +38,7 @@ class Options:
     egl_device: int = 0
     xvfb: str = "Xvfb"
     timeout: float = 60.0
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
     isolate_network: str = "auto"  # auto | required | off
 
 

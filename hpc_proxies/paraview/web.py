@@ -25,7 +25,7 @@ from aiohttp import web
 
 from ..bridge import serve_until_stopped
 from ..wsjoin import Side, join
-from . import page
+from . import HANDSHAKE_TIMEOUT, page
 from .service import PvserverService, StartFailed
 from .starter import Options
 
@@ -146,6 +146,7 @@ def parse_options(argv: list[str] | None = None) -> tuple[Path, Options]:
     parser.add_argument("--egl-device", type=int, default=0)
     parser.add_argument("--xvfb", default="Xvfb")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--handshake-timeout", type=float, default=HANDSHAKE_TIMEOUT)
     parser.add_argument("--isolate-network", default="auto", choices=("auto", "required", "off"))
     args = parser.parse_args(argv)
     options = Options(
@@ -157,6 +158,7 @@ def parse_options(argv: list[str] | None = None) -> tuple[Path, Options]:
         egl_device=args.egl_device,
         xvfb=args.xvfb,
         timeout=args.timeout,
+        handshake_timeout=args.handshake_timeout,
         isolate_network=args.isolate_network,
     )
     return args.socket, options

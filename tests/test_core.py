@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import os
-import signal
 import socket
 import stat
 import subprocess
@@ -14,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from supervisor import get, launcher_for, serving, until_failed
 from waiting import until_async
 
 from hpc_proxies import config, pages
@@ -25,10 +24,9 @@ from hpc_proxies.jupyter.serverproxy import (
     template_literal,
     validate_server_process,
 )
-from hpc_proxies.launcher import Launcher, prepare_start, start_env
+from hpc_proxies.launcher import prepare_start, start_env
 from hpc_proxies.launcher import web as launcher_web
 from hpc_proxies.launcher.handover import OwnedListener
-from hpc_proxies.layout import LaunchLayout
 from hpc_proxies.runtime import (
     UnsafeRuntimeDir,
     ensure_private_dir,
@@ -153,52 +151,21 @@ def _app(requires, command=lambda launch: ["true"]) -> AppSpec:
     return AppSpec(name="demo", title="Demo App", icon="", requires=requires, command=command)
 
 
-def launcher_for(app: AppSpec, tmp_path: Path, prefix: str = "/demo/") -> Launcher:
-    """A supervisor for ``app`` with the default settings (never this machine's)."""
-    runtime = ensure_private_dir(tmp_path / "run")
-    return Launcher(app, LaunchLayout(runtime / "socket"), prefix, config.load(env={}, files=[]))
-
-
-@contextlib.asynccontextmanager
-async def serving(launcher: Launcher):
-    """The supervisor serving (and starting its app) for the block; stopped after it."""
-    await launcher.serve()
-    try:
-        yield launcher
-    finally:
-        launcher.request_shutdown(signal.SIGTERM)
-        await asyncio.wait_for(launcher.done.wait(), 15)
-
-
-async def get_page(launcher: Launcher) -> tuple[int, str, str]:
-    """(status, content type, body) of a browser's request for the app's page."""
-    reader, writer = await asyncio.open_unix_connection(str(launcher.layout.socket))
-    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    raw = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    head, _, body = raw.decode().partition("\r\n\r\n")
-    lines = head.split("\r\n")
-    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
-    return int(lines[0].split()[1]), headers.get("content-type", ""), body
-
-
-async def until_failed(launcher: Launcher, timeout: float = 10) -> None:
-    await until_async(lambda: launcher.state == "failed", timeout, "the launcher failed")
-
-
 async def test_missing_executable_gives_a_readable_page(tmp_path):
     app = _app((Requirement("no-such-tool-hpc", "on Debian: apt install no-such-tool"),))
-    launcher = launcher_for(app, tmp_path)
+    launcher = launcher_for(app, tmp_path / "run")
     gate = tmp_path / "gate"
     gate.touch()  # the site's setup snippet waits while it exists: the lookup is under way
     launcher.settings.values["setup"] = f"while [ -e {gate} ]; do sleep 0.02; done"
     async with serving(launcher):
         assert launcher.state == "starting"  # the progress page shows while programs are looked up
-        assert (await get_page(launcher))[0] == 202  # Accepted: not an error in Jupyter's log
+        assert (await get(launcher.layout.socket))[
+            0
+        ] == 202  # Accepted: not an error in Jupyter's log
         gate.unlink()
         await until_failed(launcher)
-        status, content_type, html = await get_page(launcher)
-        assert status == 503 and content_type.startswith("text/html")
+        status, headers, html = await get(launcher.layout.socket)
+        assert status == 503 and headers["Content-Type"].startswith("text/html")
         assert "Demo App is not installed here" in html
         assert "<code>no-such-tool-hpc</code>" in html
         assert "apt install no-such-tool" in html
@@ -209,9 +176,9 @@ async def test_missing_executable_gives_a_readable_page(tmp_path):
 
 async def test_failure_page_escapes_app_output(tmp_path):
     app = _app((Requirement("sh", ""),), lambda launch: ["sh", "-c", "echo '<script>x</script>'"])
-    async with serving(launcher_for(app, tmp_path)) as launcher:
+    async with serving(launcher_for(app, tmp_path / "run")) as launcher:
         await until_failed(launcher)
-        status, _, html = await get_page(launcher)
+        status, _, html = await get(launcher.layout.socket)
     assert status == 502
     assert "Demo App stopped during start-up" in html
     assert "&lt;script&gt;x&lt;/script&gt;" in html
@@ -224,7 +191,7 @@ async def test_a_runaway_output_line_is_cut_in_the_log(tmp_path, capfd):
     from hpc_proxies.launcher import LOG_LINE_MAX
 
     app = _app((Requirement("sh", ""),), lambda launch: ["sh", "-c", "printf '%0100000d'"])
-    async with serving(launcher_for(app, tmp_path)) as launcher:
+    async with serving(launcher_for(app, tmp_path / "run")) as launcher:
         await until_failed(launcher)
     logged = [line for line in capfd.readouterr().err.splitlines() if "000000" in line]
     assert logged, "the app's output line is not in the log at all"
@@ -269,9 +236,9 @@ async def test_a_failing_preparation_step_gives_a_readable_page(tmp_path):
         command=lambda launch: ["sh", "-c", "sleep 30"],
         prepare=prepare,
     )
-    async with serving(launcher_for(app, tmp_path)) as launcher:
+    async with serving(launcher_for(app, tmp_path / "run")) as launcher:
         await until_failed(launcher)
-        status, _, html = await get_page(launcher)
+        status, _, html = await get(launcher.layout.socket)
         assert status == 502
         assert "Demo App could not be started" in html
         assert "returned non-zero exit status 4" in html
@@ -284,7 +251,7 @@ async def test_connections_queued_at_the_hand_over_are_answered(tmp_path):
     """When the launcher hands its socket's path to the app, requests that already
     reached the launcher still get an answer (they used to hang, unanswered, when the
     hand-over closed the listener while it was accepting)."""
-    launcher = launcher_for(XPRA, tmp_path, "/xpra/")
+    launcher = launcher_for(XPRA, tmp_path / "run", "/xpra/")
     runner = web.AppRunner(launcher_web.page_app(launcher))
     await runner.setup()
     listener = OwnedListener(launcher.layout.socket, runner.server, launcher.log)

@@ -15,14 +15,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from supervisor import get, launcher_for, serving, until_failed
 from tornado.httputil import HTTPHeaders
 from waiting import until_async
 
 from hpc_proxies import config, pages
 from hpc_proxies.executables import python_of, resolve, supported_flags
 from hpc_proxies.jupyter.serverproxy import ask_launcher, redirect_to_this_host, server_process
-from hpc_proxies.launcher import CONTROL_SOCKET, MAY_RELAUNCH, Launcher, request_origin
-from hpc_proxies.layout import LaunchLayout
+from hpc_proxies.launcher import CONTROL_SOCKET, MAY_RELAUNCH, request_origin
 from hpc_proxies.rstudio import APP as RSTUDIO
 from hpc_proxies.runtime import ensure_private_dir, existing_directory
 from hpc_proxies.spec import AppSpec, Flag, Parameter, Requirement
@@ -180,28 +180,12 @@ def demo_app(tmp_path: Path, gate: Path | None = None) -> AppSpec:
     )
 
 
-async def get(
-    socket_path: Path, target: str, probe: bool = False, headers: dict[str, str] | None = None
-) -> tuple[int, dict, str]:
-    reader, writer = await asyncio.open_unix_connection(str(socket_path))
-    extra = f"{pages.PROBE_HEADER}: 1\r\n" if probe else ""
-    extra += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-    writer.write(f"GET {target} HTTP/1.0\r\nHost: x\r\n{extra}\r\n".encode())
-    raw = await reader.read()
-    writer.close()
-    head, _, body = raw.decode().partition("\r\n\r\n")
-    lines = head.split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), headers, body
-
-
 async def wait_for_value(socket_path: Path, value: str) -> None:
-    for _ in range(200):
-        status, headers, body = await get(socket_path, "/", probe=True)
-        if pages.STATE_HEADER not in headers and body == f"value={value}":
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the app never answered value={value}: {status} {headers} {body}")
+    async def answered() -> bool:
+        _, headers, body = await get(socket_path, "/", probe=True)
+        return pages.STATE_HEADER not in headers and body == f"value={value}"
+
+    await until_async(answered, 10, f"the app answered value={value}")
 
 
 async def control(runtime: Path, message: object) -> dict | None:
@@ -209,22 +193,12 @@ async def control(runtime: Path, message: object) -> dict | None:
     return await asyncio.to_thread(ask_launcher, runtime / CONTROL_SOCKET, message)
 
 
-def launcher_for(app: AppSpec, runtime: Path, prefix: str = "/demo/") -> Launcher:
-    """A supervisor for ``app`` with the default settings (never this machine's)."""
-    return Launcher(app, LaunchLayout(runtime / "socket"), prefix, config.load(env={}, files=[]))
-
-
 async def first_failure(app: AppSpec, tmp_path: Path, prefix: str = "/demo/"):
     """Start ``app`` in a supervisor until it fails: (status, page, supervisor)."""
-    launcher = launcher_for(app, ensure_private_dir(tmp_path / "run"), prefix)
-    await launcher.serve()
-    try:
-        await until_async(lambda: launcher.state == "failed", 10, "the launcher failed")
-        status, _, body = await get(launcher.layout.socket, "/")
-        return status, body, launcher
-    finally:
-        launcher.request_shutdown(signal.SIGTERM)
-        await asyncio.wait_for(launcher.done.wait(), 15)
+    async with serving(launcher_for(app, tmp_path / "run", prefix)) as launcher:
+        await until_failed(launcher)
+        status, _, body = await get(launcher.layout.socket)
+    return status, body, launcher
 
 
 async def test_a_url_parameter_starts_relaunches_and_refuses_bad_values(tmp_path):
@@ -233,10 +207,7 @@ async def test_a_url_parameter_starts_relaunches_and_refuses_bad_values(tmp_path
     task = asyncio.create_task(launcher.run())
     sock = runtime / "socket"
     try:
-        for _ in range(100):
-            if (runtime / CONTROL_SOCKET).exists():
-                break
-            await asyncio.sleep(0.02)
+        await until_async((runtime / CONTROL_SOCKET).exists, 5, "the control socket is up")
         assert oct((runtime / CONTROL_SOCKET).stat().st_mode & 0o777) == "0o600"
         # The first start takes the default; a request to the launcher may choose another.
         await wait_for_value(sock, str(tmp_path / "one"))
@@ -270,10 +241,11 @@ async def test_a_url_parameter_starts_relaunches_and_refuses_bad_values(tmp_path
 
         # After the app exits, a request to the launcher with a value starts it with that.
         os.kill(launcher.proc.pid, signal.SIGKILL)
-        for _ in range(100):
-            if launcher.state == "stopped" and launcher.listener.listening:
-                break
-            await asyncio.sleep(0.05)
+        await until_async(
+            lambda: launcher.state == "stopped" and launcher.listener.listening,
+            5,
+            "the launcher took its socket back",
+        )
         status, headers, body = await get(sock, "/?dir=nope")
         assert status == 404 and "nope does not exist" in body
         assert launcher.state == "stopped", "a bad value starts nothing"
@@ -343,10 +315,7 @@ async def test_a_new_value_from_another_site_is_asked_for_and_changes_nothing(tm
     sock = runtime / "socket"
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     try:
-        for _ in range(100):
-            if (runtime / CONTROL_SOCKET).exists():
-                break
-            await asyncio.sleep(0.02)
+        await until_async((runtime / CONTROL_SOCKET).exists, 5, "the control socket is up")
         await wait_for_value(sock, one)
         running = launcher.proc.pid
 
@@ -371,10 +340,11 @@ async def test_a_new_value_from_another_site_is_asked_for_and_changes_nothing(tm
         switch = {"params": {"dir": "two"}, "origin": "confirmed"}
         assert await control(runtime, switch) == {"result": "switching"}
         assert launcher.state == "starting"
-        for _ in range(200):  # the old app is stopped first, then the new one starts
-            if launcher.proc is not None and launcher.proc.pid != running:
-                break
-            await asyncio.sleep(0.05)
+        await until_async(  # the old app is stopped first, then the new one starts
+            lambda: launcher.proc is not None and launcher.proc.pid != running,
+            10,
+            "the new app started",
+        )
         starting, generation = launcher.proc.pid, launcher.lifecycle.generation
         for headers in ({"Sec-Fetch-Site": "cross-site"}, {}):
             status, got, body = await get(sock, "/?dir=one", headers=headers)
@@ -390,10 +360,11 @@ async def test_a_new_value_from_another_site_is_asked_for_and_changes_nothing(tm
 
         # Stopped: a link's value neither starts the app nor is kept for the next start.
         os.kill(launcher.proc.pid, signal.SIGKILL)
-        for _ in range(100):
-            if launcher.state == "stopped" and launcher.listener.listening:
-                break
-            await asyncio.sleep(0.05)
+        await until_async(
+            lambda: launcher.state == "stopped" and launcher.listener.listening,
+            5,
+            "the launcher took its socket back",
+        )
         status, got, body = await get(sock, "/?dir=one", headers={"Sec-Fetch-Site": "cross-site"})
         assert status == 409 and got[pages.STATE_HEADER] == "stopped", (status, body)
         assert "Demo App starts with it." in body

@@ -122,7 +122,7 @@ async def test_exits_are_reported_once_with_their_code():
         assert await asyncio.wait_for(three.wait(), 5) == 3
         os.kill(killed.pid, signal.SIGKILL)
         assert await asyncio.wait_for(killed.wait(), 5) == -signal.SIGKILL
-        assert group.running() == []
+        assert three.exited.done() and killed.exited.done()
     finally:
         await group.stop()
     assert await three.wait() == 3  # asked again: the same answer

@@ -10,8 +10,7 @@ from ..config import SiteConfig
 from ..executables import MissingExecutables
 from ..problems import Problem
 from ..spec import Flag
-
-TAIL_LINES = 40
+from .processes import TAIL_LINES
 
 
 def invalid_config(problems: list[str]) -> Problem:

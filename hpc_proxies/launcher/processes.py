@@ -203,9 +203,6 @@ class ProcessGroup:
                         continue
 
     # ---------------------------------------------------------------- stop
-    def running(self) -> list[ManagedProcess]:
-        return [member for member in self.members if not member.exited.done()]
-
     def tree(self, leaders: Iterable[int]) -> set[int]:
         """Live processes in the leaders' sessions, below them, and (for the group that
         adopts orphans) below this process."""

@@ -4,6 +4,13 @@ hpc-proxies status [--json]     what is in force here, per app
 hpc-proxies check [FILE]        validate a file before deploying it (exit 0 or 1)
 hpc-proxies example-config      a fully commented example covering every key
 hpc-proxies install-kernel paraview [--user|--sys-prefix]   the "ParaView (pvpython)" kernel
+
+and, for a user in a terminal, on their own running Jupyter server:
+
+hpc-proxies ps [--json]                     the apps they started: state, memory, URL
+hpc-proxies stop APP[/INSTANCE]             stop one (every process of it)
+hpc-proxies restart APP[/INSTANCE]          new processes and secret, same URL
+hpc-proxies logs APP[/INSTANCE] [-f]        its output (and follow it)
 """
 
 from __future__ import annotations
@@ -13,8 +20,9 @@ import json
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urljoin
 
-from . import config, netns
+from . import config, netns, running
 from .apps import APP_MODULES, load_app
 from .executables import MissingExecutables, app_env, requirements, resolve_app, version
 
@@ -151,10 +159,145 @@ def cmd_install_kernel(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------- the user's apps
+def _servers(args: argparse.Namespace) -> list[running.JupyterServer]:
+    servers = running.own_servers()
+    if args.server:
+        wanted = args.server if args.server.endswith("/") else args.server + "/"
+        mine = [s for s in servers if s.url == wanted]
+        # Not one of ours: ask without a token (the server then refuses, saying so).
+        return mine or [running.JupyterServer(wanted, os.environ.get("JUPYTER_TOKEN", ""), 0)]
+    if not servers:
+        raise running.ServerError(
+            f"no running Jupyter server of yours was found (looked in {running.runtime_dir()}). "
+            "Start JupyterLab first, or name one with --server URL."
+        )
+    return servers
+
+
+def _human_bytes(value: object) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{value / 2**20:.0f} MiB"
+
+
+def _human_time(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _target_server(args: argparse.Namespace) -> running.JupyterServer:
+    """The server that runs APP/INSTANCE (the newest of the caller's, if none does)."""
+    servers = _servers(args)
+    app, instance = running.parse_target(args.target)
+    if len(servers) > 1:
+        for server in servers:
+            listed = running.call(server, "GET", "instances")["instances"]
+            if any(
+                i["app"] == app and i["instance"] == instance and i["state"] != "stopped"
+                for i in listed
+            ):
+                return server
+    return servers[0]
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    rows = []
+    for server in _servers(args):
+        data = running.call(server, "GET", "instances")
+        for item in data["instances"]:
+            rows.append({"server": server.url, **item})
+        if data.get("job"):
+            job = data["job"]
+            print(f"{server.url}: Slurm job {job['id']}, {_human_time(job['remaining'])} left")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = ("APP/INSTANCE", "STATE", "UPTIME", "MEMORY", "PIDS", "URL", "LAST EXIT")
+    table = [header]
+    for item in rows:
+        if item["state"] == "stopped" and not item["last_exit"]:
+            continue  # never started
+        last = item["last_exit"]["description"] if item["last_exit"] else ""
+        table.append(
+            (
+                f"{item['app']}/{item['instance']}",
+                item["state"],
+                _human_time(item["uptime"]),
+                _human_bytes(item["memory"]),
+                str(len(item["pids"])),
+                urljoin(item["server"], item["url"]),
+                last,
+            )
+        )
+    if len(table) == 1:
+        print("No app is running.")
+        return 0
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    app, instance = running.parse_target(args.target)
+    server = _target_server(args)
+    before = running.call(server, "GET", running.instance_path(app, instance))
+    if before["state"] == "stopped":
+        print(f"{before['title']} ({app}/{instance}) is not running.")
+        return 0
+    running.call(server, "POST", running.instance_path(app, instance) + "/stop")
+    print(f"Stopped {before['title']} ({app}/{instance}): {len(before['pids'])} processes.")
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    app, instance = running.parse_target(args.target)
+    server = _target_server(args)
+    after = running.call(server, "POST", running.instance_path(app, instance) + "/restart")
+    print(f"Restarting {after['title']} ({app}/{instance}) at {after['url']}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    app, instance = running.parse_target(args.target)
+    server = _target_server(args)
+    if not args.follow:
+        data = running.call(server, "GET", running.instance_path(app, instance) + "/log")
+        for line in data["lines"]:
+            print(line["text"])
+        return 0
+    try:
+        for line in running.follow_log(server, app, instance):
+            print(line["text"], flush=True)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _user_command(func):
+    """Run a command on the user's servers; their refusals are messages, not tracebacks."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except running.ServerError as err:
+            sys.stderr.write(f"hpc-proxies {args.command}: {err}\n")
+            return 1
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line; the docs' CLI reference is generated from it."""
     parser = argparse.ArgumentParser(
-        prog="hpc-proxies", description="Check and inspect the hpc-proxies site configuration."
+        prog="hpc-proxies",
+        description="Check the hpc-proxies site configuration, and manage the apps you started.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", help="show the configuration in force here, per app")
@@ -181,6 +324,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--setup", help="shell run before the kernel (default: [apps.paraview] setup)"
     )
     kernel.set_defaults(func=cmd_install_kernel)
+
+    def user_command(name: str, func, help: str, target: bool = True) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help)
+        if target:
+            command.add_argument("target", metavar="APP[/INSTANCE]", help="e.g. xpra or xpra/2")
+        command.add_argument(
+            "--server", help="the Jupyter server's URL (default: your running one)"
+        )
+        command.set_defaults(func=_user_command(func))
+        return command
+
+    ps = user_command("ps", cmd_ps, "list the apps you started in your Jupyter server", False)
+    ps.add_argument("--json", action="store_true", help="the same, as JSON")
+    user_command("stop", cmd_stop, "stop an app you started (every process of it)")
+    user_command("restart", cmd_restart, "restart an app you started (new processes)")
+    logs = user_command("logs", cmd_logs, "show the output of an app you started")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep showing new lines")
     return parser
 
 

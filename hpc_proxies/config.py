@@ -60,6 +60,25 @@ COMMON_SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("title", str, None, "Launcher tile title. Default: the app's name.", example="Desktop"),
     Setting(
+        "max_instances",
+        int,
+        None,
+        "How many instances of the app a user may run at once: the first at /<app>/, "
+        "the others at /<app>@<instance>/. Default: the app's own (3 for the desktops "
+        "and TensorBoard, 1 for ParaView and RStudio).",
+        example=2,
+        minimum=1,
+    ),
+    Setting(
+        "idle_timeout",
+        float,
+        None,
+        "Minutes an instance may go without a browser connection or HTTP request "
+        "before it is stopped (its processes and files freed; the next visit starts it "
+        "again). Fractions are allowed. Default: off.",
+        example=120,
+    ),
+    Setting(
         "environment",
         dict,
         {},
@@ -79,7 +98,7 @@ COMMON_SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
-SYSTEM_KEYS = {"match", "apps", "description"}
+SYSTEM_KEYS = {"match", "apps", "defaults", "description"}
 
 
 class ConfigError(Exception):
@@ -137,6 +156,7 @@ def settings_of(app: AppSpec) -> tuple[Setting, ...]:
 def app_defaults(app: AppSpec) -> dict[str, object]:
     values: dict[str, object] = {s.name: s.default for s in settings_of(app)}
     values["timeout"] = app.timeout
+    values["max_instances"] = app.max_instances
     values["title"] = app.title
     values["environment"] = {}
     reqs = app.requirements(values)
@@ -161,6 +181,8 @@ def type_description(setting: Setting) -> str:
     }
     if setting.choices:
         return "one of " + ", ".join(repr(c) for c in setting.choices)
+    if setting.minimum is not None:
+        return f"{names[setting.type]} of at least {setting.minimum}"
     return names[setting.type]
 
 
@@ -170,6 +192,7 @@ def _check_value(setting: Setting, value: object, where: str) -> list[str]:
         ok = isinstance(value, bool)
     elif setting.type is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = ok and (setting.minimum is None or value >= setting.minimum)
     elif setting.type is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
     elif setting.type is dict:
@@ -211,6 +234,21 @@ def _check_apps(apps: object, where: str) -> list[str]:
     return problems
 
 
+def _check_defaults(table: object, where: str) -> list[str]:
+    """``[defaults]``: keys every app understands, applied to every app."""
+    if not isinstance(table, dict):
+        return [f"{where}: expected a table"]
+    known = {s.name: s for s in COMMON_SETTINGS}
+    problems = []
+    for key, value in table.items():
+        if key not in known:
+            hint = _closest(key, known) or "; [defaults] takes only keys every app has"
+            problems.append(f"{where}.{key}: unknown key{hint}")
+        else:
+            problems += _check_value(known[key], value, f"{where}.{key}")
+    return problems
+
+
 def _check_match(match: object, where: str) -> list[str]:
     if (
         not isinstance(match, list)
@@ -227,6 +265,8 @@ def validate(data: dict, path: Path) -> list[str]:
     for key, value in data.items():
         if key == "apps":
             problems += _check_apps(value, "apps")
+        elif key == "defaults":
+            problems += _check_defaults(value, "defaults")
         elif key == "systems":
             if not isinstance(value, dict):
                 problems.append("systems: expected a table of systems")
@@ -245,10 +285,12 @@ def validate(data: dict, path: Path) -> list[str]:
                     problems.append(f"{where}.description: expected a string")
                 if "apps" in system:
                     problems += _check_apps(system["apps"], f"{where}.apps")
+                if "defaults" in system:
+                    problems += _check_defaults(system["defaults"], f"{where}.defaults")
         else:
             problems.append(
-                f"{key}: unknown table{_closest(key, ['apps', 'systems'])}; "
-                "the file has [apps.<app>] and [systems.<name>] tables"
+                f"{key}: unknown table{_closest(key, ['apps', 'defaults', 'systems'])}; "
+                "the file has [defaults], [apps.<app>] and [systems.<name>] tables"
             )
     return [f"{path}: {p}" for p in problems]
 
@@ -334,17 +376,21 @@ def load(
         app = load_app(name)
         values = app_defaults(app)
         origin = {key: "default" for key in values}
-        layers = [("apps", merged.get("apps", {}).get(name, {}))]
+        # Site-wide defaults first, then the app's own keys: an app's key always wins.
+        chosen = merged["systems"][system] if system is not None else {}
+        layers = [("defaults", merged.get("defaults", {}))]
         if system is not None:
-            sys_apps = merged["systems"][system].get("apps", {})
-            layers.append((f"systems.{system}.apps", sys_apps.get(name, {})))
+            layers.append((f"systems.{system}.defaults", chosen.get("defaults", {})))
+        layers.append((f"apps.{name}", merged.get("apps", {}).get(name, {})))
+        if system is not None:
+            layers.append((f"systems.{system}.apps.{name}", chosen.get("apps", {}).get(name, {})))
         for prefix, table in layers:
             for key, value in table.items():
                 if key == "environment":
                     values[key] = {**values[key], **value}
                 else:
                     values[key] = value
-                origin[key] = sources.get(f"{prefix}.{name}.{key}", f"{prefix}.{name}.{key}")
+                origin[key] = sources.get(f"{prefix}.{key}", f"{prefix}.{key}")
         apps[name] = AppSettings(name, values, origin)
     return SiteConfig(files, system, reason, apps)
 
@@ -391,10 +437,16 @@ def example_config() -> str:
             default = app_defaults(app)[setting.name]
             out += comment(setting.help)
             out.append(f"# {setting.name} = {toml_value(setting.example or default)}")
+    out += ["", "# ---- Defaults for every app (an app's own key above wins over these)"]
+    out.append("[defaults]")
+    for key in ("idle_timeout", "max_instances"):
+        setting = next(s for s in COMMON_SETTINGS if s.name == key)
+        out.append(f"# {key} = {toml_value(setting.example)}")
     out += [""]
     out += comment(
         "Systems: the first whose `match` globs fit the host name (or the one named by "
-        f"${ENV_SYSTEM}) overrides [apps.<app>] with [systems.<name>.apps.<app>]."
+        f"${ENV_SYSTEM}) overrides [defaults] with [systems.<name>.defaults] and "
+        "[apps.<app>] with [systems.<name>.apps.<app>]."
     )
     out += [
         "[systems.example-cluster]",

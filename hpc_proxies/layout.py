@@ -6,7 +6,7 @@ supervisor (:mod:`hpc_proxies.launcher`) both derive everything else from that p
 
     <runtime dir>/            0700, made by jupyter-server-proxy, removed by the supervisor
         socket                the launch socket: the supervisor's pages, then the app's
-        control               the supervisor's control API (apps with URL parameters)
+        control               the supervisor's control API (0600): status, log, restart
         app/                  0700, fresh for each start of the app, removed at its stop
             app.sock          the app's own socket, renamed over ``socket`` when it answers
             secret            the launch secret (0600), for apps that take one

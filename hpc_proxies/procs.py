@@ -106,6 +106,42 @@ def descendants(root: int, procs: list[ProcInfo] | None = None) -> set[int]:
     return found
 
 
+def pss_bytes(pid: int) -> int | None:
+    """The proportional set size of ``pid`` (its share of memory it shares with other
+    processes); None if it is gone or not ours to read."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def tree_memory(root: int) -> tuple[list[int], int]:
+    """``root`` and every live process below it, and the sum of their PSS in bytes:
+    what stopping that tree would give back."""
+    pids = sorted({root} | descendants(root))
+    return pids, sum(pss_bytes(pid) or 0 for pid in pids)
+
+
+def unix_connections(path: str | os.PathLike[str]) -> int:
+    """How many connections a listener bound at ``path`` has accepted and not yet
+    closed. The kernel names an accepted socket after its listener's bind path, even
+    after the socket file is renamed, so the app's own bind path is the one to ask for."""
+    wanted = os.fspath(path)
+    count = 0
+    with open("/proc/net/unix") as f:
+        next(f)  # the header
+        for line in f:
+            fields = line.split(None, 7)
+            # Num RefCount Protocol Flags Type St Inode Path; St 03 is "connected".
+            if len(fields) == 8 and fields[5] == "03" and fields[7].rstrip("\n") == wanted:
+                count += 1
+    return count
+
+
 def session_members(sid: int, procs: list[ProcInfo] | None = None) -> set[int]:
     """PIDs of all live processes in session ``sid``."""
     procs = all_processes() if procs is None else procs

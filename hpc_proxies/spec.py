@@ -78,6 +78,7 @@ class Setting:
     help: str
     choices: tuple[object, ...] | None = None
     example: object = None
+    minimum: int | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,8 @@ class AppSpec:
     html_paths: tuple[str, ...] = ("/", "/index.html")
     ready_path: str = "/"
     timeout: float = 30.0
+    #: How many instances a user may run at once unless the site says otherwise.
+    max_instances: int = 3
     stop_grace: float = 5.0
     description: str = ""
     settings: tuple[Setting, ...] = ()

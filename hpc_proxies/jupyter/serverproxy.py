@@ -17,6 +17,13 @@ changes under us):
 It also holds what the Jupyter side does for apps in their responses (``rewrite_response``):
 the launch secret put into the entry page, redirects to another host made to point
 here, and a URL parameter chosen while the app runs passed on to its launcher.
+
+Instances (``/<app>@<instance>/``, see :mod:`.instances`) are served by
+jupyter-server-proxy's own handler classes, made here by its own ``ServerProcess``
+from the same server dict (:func:`instance_handler`); and its activity hook
+(``update_last_activity``, called with the handler for every proxied request and
+websocket message) is how the instance manager learns of activity, and of the state
+jupyter-server-proxy keeps for the first instance (:meth:`AppServerProxy.record_activity`).
 """
 
 from __future__ import annotations
@@ -179,9 +186,21 @@ def _replace_body(response, code: int, body: bytes, content_type: str | None) ->
     response.body = body
 
 
+#: Where the Jupyter server's settings hold the instance manager (the activity hook
+#: finds it through the handler it is given).
+MANAGER_SETTING = "hpc_proxies_instances"
+#: The name of an app's first instance, the one at ``/<app>/``.
+DEFAULT_INSTANCE = "default"
+
+
+def url_name(app: str, instance: str) -> str:
+    """The instance's URL path segment: ``xpra`` for the first, ``xpra@2`` for others."""
+    return app if instance == DEFAULT_INSTANCE else f"{app}@{instance}"
+
+
 class AppServerProxy:
-    """One app as jupyter-server-proxy sees it: its server dict, and the hooks that the
-    dict's callables forward to.
+    """One instance of an app as jupyter-server-proxy sees it: its server dict, and the
+    hooks that the dict's callables forward to.
 
     jupyter-server-proxy tells a plugin where a launch lives only through ``command``'s
     ``unix_socket`` argument; the rewrite hooks need that place too (the launch secret,
@@ -189,11 +208,17 @@ class AppServerProxy:
     Jupyter server runs now (never a secret: only paths).
     """
 
-    def __init__(self, app: AppSpec, site: config.SiteConfig) -> None:
+    def __init__(
+        self, app: AppSpec, site: config.SiteConfig, instance: str = DEFAULT_INSTANCE
+    ) -> None:
         self.app = app
         self.site = site
+        self.instance = instance
+        self.url_name = url_name(app.name, instance)
         self.settings = site.for_app(app.name) if app.name in site.apps else None
         self.layout: LaunchLayout | None = None
+        #: Said on the next launch's progress page (why it starts again), then cleared.
+        self.next_note = ""
 
     @property
     def enabled(self) -> bool:
@@ -211,11 +236,23 @@ class AppServerProxy:
             "--socket",
             unix_socket,
             "--prefix",
-            f"{base_url}{self.app.name}/",
+            f"{base_url}{self.url_name}/",
             "--parent-pid",
             str(os.getpid()),
         ]
+        note, self.next_note = self.next_note, ""
+        if note:
+            argv += ["--note", note]
         return [template_literal(arg) for arg in argv]
+
+    def record_activity(self, handler) -> bool:
+        """jupyter-server-proxy's activity hook: tell the instance manager (if the
+        server extension runs) that this instance was used, and keep Jupyter's own
+        activity tracking (True)."""
+        manager = handler.settings.get(MANAGER_SETTING)
+        if manager is not None:
+            manager.activity(self, handler.state)
+        return True
 
     def give_secret_to_page(self, response, path: str) -> None:
         """Hand the launch secret to the app's entry page, never through its URL."""
@@ -286,8 +323,12 @@ class AppServerProxy:
         def command(unix_socket, base_url):
             return self.command(unix_socket, base_url)
 
+        def update_last_activity(handler):
+            return self.record_activity(handler)
+
         server = {
             "command": command,
+            "update_last_activity": update_last_activity,
             "unix_socket": True,
             "timeout": LAUNCHER_TIMEOUT,
             "absolute_url": self.app.absolute_url,
@@ -320,6 +361,19 @@ class AppServerProxy:
         if rewrites:
             server["rewrite_response"] = rewrites if len(rewrites) > 1 else rewrites[0]
         return validate_server_process(self.app.name, server)
+
+
+def instance_handler(proxy: AppServerProxy) -> tuple[type, dict]:
+    """jupyter-server-proxy's own handler class for one more instance of an app, and the
+    state dict it keeps the instance's process in: made by its ``ServerProcess`` from
+    the instance's server dict, exactly as it makes the handler of ``/<app>/``."""
+    from jupyter_server_proxy.config import ServerProcess
+
+    server = ServerProcess(name=proxy.url_name, **proxy.server_dict())
+    handler, kwargs = server.make_proxy_handler()
+    if handler is None or set(kwargs) != {"state"}:
+        raise InvalidServerProcess(f"jupyter-server-proxy made no handler for {proxy.url_name}")
+    return handler, kwargs["state"]
 
 
 def server_process(app: AppSpec, site: config.SiteConfig | None = None) -> dict:

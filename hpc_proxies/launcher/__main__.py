@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True, type=Path, help="socket to serve on")
     parser.add_argument("--prefix", default="/", help="public URL prefix of the app")
     parser.add_argument("--parent-pid", type=int, default=None, help="the Jupyter server's pid")
+    parser.add_argument("--note", default="", help="why this launch happens, for the user")
     args = parser.parse_args(argv)
 
     procs.become_subreaper()
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         config.load(),
         parent_pid=args.parent_pid,
         bound=bound,
+        note=args.note,
     )
     return asyncio.run(launcher.run())
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import config, pages
+from .. import config, pages, procs
 from ..executables import MissingExecutables, setup_argv
 from ..layout import LaunchLayout
 from ..problems import CannotStart, Problem
@@ -27,6 +27,7 @@ from . import failures
 from . import lifecycle as lc
 from .engines import LaunchEngine
 from .handover import OwnedListener
+from .logbook import LogBook
 from .params import ParameterChoices
 from .prepare import prepare_run
 from .processes import TAIL_LINES, ManagedProcess, ProcessGroup
@@ -56,6 +57,7 @@ class Launcher:
         parent_pid: int | None = None,
         engine: LaunchEngine | None = None,
         bound: socket.socket | None = None,
+        note: str = "",
     ) -> None:
         self.app = app
         self.bound = bound  # the launch socket, already listening (see __main__)
@@ -67,8 +69,15 @@ class Launcher:
         self.layout = layout
         self.prefix = prefix
         self.parent_pid = parent_pid
-        self.lifecycle = lc.State()
+        # ``note``: why this launch happens (the Jupyter side knows: "stopped after
+        # 30 min idle"), shown on the progress page of the first start.
+        self.lifecycle = lc.State(note=note)
         self.started_at = 0.0
+        self.started_wall: float | None = None
+        self.ready_wall: float | None = None
+        self.last_exit: dict[str, object] | None = None
+        #: What the Running panel's log shows: app output and our messages, numbered.
+        self.logbook = LogBook()
         #: The current run's output lines, every process's lines kept whole.
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.group = ProcessGroup(
@@ -120,6 +129,7 @@ class Launcher:
 
     def log(self, message: str) -> None:
         message = pages.shorten(message, LOG_LINE_MAX)
+        self.logbook.append(message)
         sys.stderr.write(f"[hpc-proxies {self.app.name}] {message}\n")
         sys.stderr.flush()
 
@@ -130,7 +140,11 @@ class Launcher:
         self.lifecycle, effects = lc.step(before, event)
         if self.lifecycle.phase == lc.Phase.STARTING and before.phase != lc.Phase.STARTING:
             self.started_at = time.monotonic()
+            self.started_wall = time.time()
+            self.ready_wall = None
             self.tail.clear()
+        if self.lifecycle.phase == lc.Phase.RUNNING and before.phase != lc.Phase.RUNNING:
+            self.ready_wall = time.time()
         for effect in effects:
             self._apply(effect)
 
@@ -215,6 +229,12 @@ class Launcher:
         if process not in self.group.members:
             return  # a run being stopped
         description = f"exit code {code}" if code >= 0 else f"signal {-code}"
+        self.last_exit = {
+            "at": time.time(),
+            "code": code if code >= 0 else None,
+            "signal": -code if code < 0 else None,
+            "description": description,
+        }
         problem = failures.exited_during_start(self.title, description)
         self.dispatch(lc.Exited(description, problem.with_tail(self.tail)))
 
@@ -226,6 +246,45 @@ class Launcher:
             remove_tree(self.layout.app_dir)
         finally:
             self.dispatch(lc.Cleaned())
+
+    def restart(self) -> None:
+        """Stop the app if it runs and start it again (a new app directory, secret and
+        processes); start it if it is stopped or failed. A refusal stays a refusal."""
+        phase = self.lifecycle.phase
+        if phase in (lc.Phase.STARTING, lc.Phase.RUNNING):
+            self.log("restarting, as the user asked")
+            self.dispatch(lc.Relaunch())
+        elif phase in (lc.Phase.STOPPED, lc.Phase.FAILED) and not self.lifecycle.refused:
+            if phase == lc.Phase.FAILED:
+                self.dispatch(lc.ProblemShown())
+            self.log("starting, as the user asked")
+            self.dispatch(lc.Requested())
+
+    def status(self) -> dict[str, object]:
+        """What the Running panel shows of this launch (the control API's ``/status``)."""
+        state = self.lifecycle
+        pids, memory = procs.tree_memory(os.getpid())
+        connections = 0
+        if state.phase == lc.Phase.RUNNING and self.launch is not None:
+            connections = procs.unix_connections(self.launch.socket)
+        problem = state.problem
+        return {
+            "state": self.state,
+            "title": self.title,
+            "started": self.started_wall,
+            "ready": self.ready_wall,
+            "pids": pids,
+            "memory": memory,
+            "connections": connections,
+            "last_exit": self.last_exit,
+            "problem": (
+                {"code": problem.code, "title": problem.summary, "summary": problem.text()}
+                if problem is not None
+                else None
+            ),
+            "note": state.note,
+            "log_next": self.logbook.next_seq,
+        }
 
     # ---------------------------------------------------------------- process-wide
     def request_shutdown(self, signum: int) -> None:

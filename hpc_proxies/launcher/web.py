@@ -6,8 +6,14 @@ it cannot, or JSON for the progress page's probe (``PROBE_HEADER``) and for prog
 (``Accept: application/json``: the ParaView kernel client). A request for the page
 also starts a stopped app.
 
-On the control socket (apps with URL parameters), ``POST /params`` takes a parameter
-chosen while the app runs, from the Jupyter server (:mod:`hpc_proxies.jupyter.serverproxy`).
+On the control socket (0600, beside the launch socket), the Jupyter server
+(:mod:`hpc_proxies.jupyter`) asks and tells the supervisor:
+
+* ``POST /params``: a URL parameter chosen while the app runs;
+* ``GET /status``: state, processes, memory, connections, last exit (the Running panel);
+* ``GET /log?since=N&wait=S``: the log lines numbered N and after, waiting up to S
+  seconds for a first one;
+* ``POST /restart``: stop the app and start it again (or start it, if it is stopped).
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ def control_app(launcher: Launcher) -> web.Application:
     app = web.Application()
     app[LAUNCHER] = launcher
     app.router.add_post("/params", take_parameters)
+    app.router.add_get("/status", status)
+    app.router.add_get("/log", read_log)
+    app.router.add_post("/restart", restart)
     return app
 
 
@@ -159,9 +168,35 @@ async def take_parameters(request: web.Request) -> web.Response:
     return web.json_response(reply)
 
 
+#: The longest a log reader may wait for a new line (a long poll, not a stream).
+LOG_WAIT_MAX = 30.0
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[LAUNCHER].status())
+
+
+async def read_log(request: web.Request) -> web.Response:
+    """``{"lines": [{"seq", "time", "text"}...], "next": N}``: ask again with ``since=N``."""
+    launcher = request.app[LAUNCHER]
+    try:
+        since = int(request.query.get("since", "1"))
+        wait = min(max(float(request.query.get("wait", "0")), 0.0), LOG_WAIT_MAX)
+    except ValueError:
+        return web.json_response({"error": "since and wait are numbers"}, status=400)
+    lines = await launcher.logbook.wait_since(since, wait)
+    return web.json_response({"lines": lines, "next": launcher.logbook.next_seq})
+
+
+async def restart(request: web.Request) -> web.Response:
+    launcher = request.app[LAUNCHER]
+    launcher.restart()
+    return web.json_response(launcher.status())
+
+
 async def serve_web(launcher: Launcher) -> tuple[OwnedListener, list[web.AppRunner]]:
-    """Serve the pages on the launch socket (listening at once) and, for an app with URL
-    parameters, the control API on its own 0600 socket."""
+    """Serve the pages on the launch socket (listening at once) and the control API on
+    its own 0600 socket."""
     pages.warm_up()
     pages_runner = web.AppRunner(page_app(launcher), access_log=None)
     await pages_runner.setup()
@@ -170,13 +205,10 @@ async def serve_web(launcher: Launcher) -> tuple[OwnedListener, list[web.AppRunn
         launcher.layout.socket, pages_runner.server, launcher.log, bound=launcher.bound
     )
     listener.listen()
-    runners = [pages_runner]
-    if launcher.app.parameters:
-        control = launcher.layout.control
-        control.unlink(missing_ok=True)
-        control_runner = web.AppRunner(control_app(launcher), access_log=None)
-        await control_runner.setup()
-        runners.append(control_runner)
-        await web.UnixSite(control_runner, str(control)).start()
-        os.chmod(control, 0o600)
-    return listener, runners
+    control = launcher.layout.control
+    control.unlink(missing_ok=True)
+    control_runner = web.AppRunner(control_app(launcher), access_log=None)
+    await control_runner.setup()
+    await web.UnixSite(control_runner, str(control)).start()
+    os.chmod(control, 0o600)
+    return listener, [pages_runner, control_runner]

@@ -100,6 +100,7 @@ APP = AppSpec(
     requires=requires,
     command=command,
     timeout=30.0,
+    max_instances=1,  # one pvserver service per user; kernels share it
     html_paths=(),
     settings=(
         Setting(

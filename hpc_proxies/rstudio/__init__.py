@@ -122,6 +122,7 @@ APP = AppSpec(
     flags=FLAGS,
     fix_redirect_host=True,
     timeout=60.0,
+    max_instances=1,  # rserver keeps per-user state that two servers would share
     version_args=("--version",),
     settings=(
         Setting(

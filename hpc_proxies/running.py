@@ -56,7 +56,13 @@ def own_servers(directory: Path | None = None) -> list[JupyterServer]:
     """The caller's running Jupyter servers, newest file first."""
     directory = runtime_dir() if directory is None else directory
     found = []
-    files = sorted(directory.glob("jpserver-*.json"), key=_mtime, reverse=True)
+    try:
+        files = sorted(directory.glob("jpserver-*.json"), key=_mtime, reverse=True)
+    except OSError as err:
+        raise ServerError(
+            f"no running Jupyter server of yours was found: {directory} cannot be read "
+            f"({err.strerror}). Is JUPYTER_RUNTIME_DIR another user's?"
+        ) from None
     for info_file in files:
         if not _owned_by_me(info_file):
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import os
 import signal
@@ -175,3 +176,84 @@ def test_simpervisor_signals_only_its_direct_child(tmp_path):
         server.kill()
         if pidfile.exists():
             subprocess.run(["kill", "-9", pidfile.read_text().strip()], check=False)
+
+
+# ---------------------------------------------------------------- the instance manager
+# hpc_proxies/jupyter/instances.py and api.py build list, stop, restart and more
+# instances on what follows; each test names the code that depends on it.
+
+
+def test_a_server_process_makes_its_own_handler_class_and_state():
+    """Why instance_handler works: jupyter-server-proxy's ServerProcess makes the handler
+    class of a server from its dict, with a fresh state dict and the name as proxy base
+    (what its redirects and absolute URLs are built from)."""
+    first = ServerProcess(name="xpra@2", command=["x"], unix_socket=True)
+    second = ServerProcess(name="xpra@3", command=["x"], unix_socket=True)
+    (cls_a, kwargs_a), (cls_b, kwargs_b) = first.make_proxy_handler(), second.make_proxy_handler()
+    assert issubclass(cls_a, SuperviseAndProxyHandler) and cls_a is not cls_b
+    assert kwargs_a == {"state": {}} and kwargs_a["state"] is not kwargs_b["state"]
+    assert first.get_proxy_attributes()["proxy_base"] == "xpra@2"
+
+
+def test_the_state_keeps_proc_lock_and_socket_and_a_given_socket_is_reused(tmp_path):
+    """Why InstanceManager.stop works: under ``state["proc_lock"]`` it ends ``state["proc"]``
+    and removes ``proc`` and ``unix_socket``; the next request makes a new directory."""
+    handler = SuperviseAndProxyHandler.__new__(SuperviseAndProxyHandler)
+    state: dict = {}
+    handler.initialize(state)
+    assert "proc_lock" in state
+    handler.requested_unix_socket = True
+    given = str(tmp_path / "socket")
+    state["unix_socket"] = given
+    assert handler.unix_socket == given
+    del state["unix_socket"]
+    fresh = handler.unix_socket
+    try:
+        assert fresh != given and state["unix_socket"] == fresh
+    finally:
+        os.rmdir(os.path.dirname(fresh))
+    source = inspect.getsource(SuperviseAndProxyHandler.ensure_process)
+    assert 'async with self.state["proc_lock"]' in source
+    assert 'if "proc" not in self.state' in source
+
+
+def test_the_activity_hook_gets_the_handler_and_true_keeps_jupyters_own():
+    """Why AppServerProxy.record_activity can find the manager (``handler.settings``) and
+    the first instance's state (``handler.state``): the callable is given the handler."""
+    from jupyter_server_proxy.handlers import ProxyHandler
+
+    given = []
+
+    class Handler:
+        def __init__(self) -> None:
+            self.settings: dict = {}
+            self.exclude_last_activity_patterns: list = []
+            self.update_last_activity = lambda handler: given.append(handler) or True
+
+    handler = Handler()
+    ProxyHandler._record_activity(handler)
+    assert given == [handler]
+    assert "jupyter-server-proxy" in handler.settings["last_activity_times"]
+
+
+async def test_terminate_reaps_and_does_not_restart(tmp_path):
+    """Why InstanceManager.stop terminates through simpervisor: the process is reaped,
+    marked not running, and not restarted although it exits non-zero."""
+    marker = tmp_path / "runs"
+    proc = SupervisedProcess("t", "sh", "-c", f"echo run >> {marker}; exec sleep 60")
+    await proc.start()
+    await until_async(marker.exists, 5, "the first run")
+    await asyncio.wait_for(proc.terminate(), 10)
+    assert proc.running is False and proc.returncode == -signal.SIGTERM
+    await asyncio.sleep(0.3)
+    assert marker.read_text().count("run") == 1
+
+
+def test_jupyter_server_accepts_a_router_without_methods():
+    """Why InstanceRouter has an empty SUPPORTED_METHODS: jupyter_server checks every
+    handler it is given for unauthenticated methods, and reads that attribute."""
+    from jupyter_server.serverapp import ServerWebApplication
+
+    from hpc_proxies.jupyter.api import InstanceRouter
+
+    assert ServerWebApplication._check_handler_auth(None, "/x@y/", InstanceRouter) == []

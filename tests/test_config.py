@@ -184,3 +184,58 @@ def test_example_config_is_valid_and_covers_every_key(tmp_path):
     for setting in config.settings_of(config.load_app("xpra")):
         assert f"# {setting.name} = " in example, setting.name
     assert site.system == "example-gpu" and not site.for_app("xpra").enabled
+
+
+DEFAULTS = """
+[defaults]
+idle_timeout = 120
+max_instances = 4
+
+[apps.tensorboard]
+idle_timeout = 30
+
+[systems.login]
+match = ["login*"]
+[systems.login.defaults]
+idle_timeout = 60
+[systems.login.apps.paraview]
+max_instances = 1
+"""
+
+
+def test_defaults_apply_to_every_app_and_an_apps_own_key_wins(tmp_path):
+    path = write(tmp_path, DEFAULTS)
+    elsewhere = config.load(env={}, hostname="compute1", files=[path])
+    assert elsewhere.error is None
+    assert elsewhere.for_app("xpra")["idle_timeout"] == 120
+    assert elsewhere.for_app("xpra").sources["idle_timeout"] == f"{path}: defaults.idle_timeout"
+    assert elsewhere.for_app("tensorboard")["idle_timeout"] == 30
+    assert elsewhere.for_app("paraview")["max_instances"] == 4
+
+    login = config.load(env={}, hostname="login1", files=[path])
+    assert login.for_app("xpra")["idle_timeout"] == 60, "the system's defaults beat the site's"
+    assert login.for_app("tensorboard")["idle_timeout"] == 30, "an app's own key beats defaults"
+    assert login.for_app("paraview")["max_instances"] == 1
+    assert login.for_app("paraview").sources["max_instances"] == (
+        f"{path}: systems.login.apps.paraview.max_instances"
+    )
+
+
+def test_without_a_file_idle_shutdown_is_off_and_instances_have_app_defaults():
+    site = config.load(env={}, hostname="x", files=[])
+    assert all(site.for_app(app)["idle_timeout"] is None for app in site.apps)
+    limits = {app: site.for_app(app)["max_instances"] for app in site.apps}
+    assert limits == {"xpra": 3, "vnc": 3, "tensorboard": 3, "rstudio": 1, "paraview": 1}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[defaults]\nmode = 'desktop'\n", "defaults.mode: unknown key; [defaults] takes only"),
+        ("[defaults]\nidle_timout = 5\n", "defaults.idle_timout: unknown key (did you mean"),
+        ("[apps.xpra]\nmax_instances = 0\n", "expected a whole number of at least 1, got 0"),
+        ("[defaults]\nidle_timeout = -1\n", "defaults.idle_timeout: expected a number, got -1"),
+    ],
+)
+def test_bad_defaults_and_limits_are_refused(tmp_path, text, expected):
+    assert expected in one_problem(tmp_path, text)

@@ -163,7 +163,7 @@ class Launcher:
         elif isinstance(effect, lc.Exit):
             self._spawn(self._exit())
         elif isinstance(effect, lc.Log):
-            self.log(f"{self.title}: {effect.message}")
+            self.log(f"{self.title} {effect.message}")  # "Xpra Desktop exited (…)"
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -268,8 +268,11 @@ class Launcher:
         if state.phase == lc.Phase.RUNNING and self.launch is not None:
             connections = procs.unix_connections(self.launch.socket)
         problem = state.problem
+        # A failed start's problem stays until the next start: after its page was shown
+        # the phase is "stopped" again, but for the Running panel it is still a failure.
+        shown = "failed" if state.phase == lc.Phase.STOPPED and problem is not None else self.state
         return {
-            "state": self.state,
+            "state": shown,
             "title": self.title,
             "started": self.started_wall,
             "ready": self.ready_wall,
@@ -278,7 +281,11 @@ class Launcher:
             "connections": connections,
             "last_exit": self.last_exit,
             "problem": (
-                {"code": problem.code, "title": problem.summary, "summary": problem.text()}
+                {
+                    "code": problem.code,
+                    "title": f"{self.title} {problem.summary}",
+                    "summary": f"{self.title} {problem.text()}",
+                }
                 if problem is not None
                 else None
             ),

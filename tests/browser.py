@@ -16,7 +16,7 @@ from conftest import ARTIFACTS
 from PIL import Image, ImageChops, ImageStat
 from playwright.sync_api import Browser as PlaywrightBrowser
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Page, Playwright, sync_playwright
+from playwright.sync_api import Locator, Page, Playwright, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from waiting import until
 
@@ -105,6 +105,12 @@ def log_in(page: Page, jupyter) -> None:
         f"logging in with the token: {response and response.status}{log_tail(jupyter)}"
     )
     assert page.context.cookies(jupyter.url), "Jupyter set no login cookie"
+
+
+def tile(page: Page, title: str) -> Locator:
+    """An app's own launcher tile (jupyter-server-proxy's, whose ``title`` attribute is
+    the app's title, then " [↗]"), not the Running panel's "New … instance" card."""
+    return page.locator(f'.jp-LauncherCard[title^="{title}"]')
 
 
 def screenshot_every_tab(context, prefix: str) -> None:

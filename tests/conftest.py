@@ -184,6 +184,14 @@ def start_jupyter(
         SHELL="/bin/sh",
     )
     env.update(env_update or {})
+    # No "Would you like to get notified about official Jupyter news?" over the pages
+    # the tests look at (JupyterLab's user settings live under JUPYTER_CONFIG_DIR).
+    news = jupyter_dirs / "config/lab/user-settings/@jupyterlab/apputils-extension"
+    news.mkdir(parents=True, exist_ok=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    if user is not None:  # theirs, as the rest of tmp_path: JupyterLab writes there too
+        for path in (jupyter_dirs, *jupyter_dirs.rglob("*")):
+            os.chown(path, user.uid, user.gid)
     log_path = tmp_path / "jupyter.log"
     cmd = [
         python,

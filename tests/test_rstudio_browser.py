@@ -10,7 +10,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
-from browser import Box, chromium, rgb, screenshot
+from browser import Box, chromium, rgb, screenshot, tile
 from conftest import jupyter_with_site
 from test_rstudio_integration import RSERVER
 
@@ -22,7 +22,7 @@ def test_tile_opens_rstudio_and_its_redirects_stay_behind_jupyter(tmp_path):
     with jupyter_with_site(tmp_path, toml) as server, chromium("rstudio-failure") as context:
         lab = context.new_page()
         lab.goto(f"{server.url}/lab?token={server.token}")
-        card = lab.locator(".jp-LauncherCard", has_text="RStudio")
+        card = tile(lab, "RStudio")
         card.wait_for(state="visible", timeout=90_000)
         icon = card.locator(".jp-LauncherCard-icon img")
         assert "/server-proxy/icon/rstudio" in (icon.get_attribute("src") or "")

@@ -1,13 +1,16 @@
 """The Running panel in JupyterLab, in Debian's chromium, on a real Jupyter server with
 real Xpra desktops: the rows, Stop (checked with /proc), a second desktop from the
-launcher drawing its own xterm, Show log, a failed app, and idle shutdown."""
+launcher drawing its own xterm, Show log, a failed app, idle shutdown, Notebook 7, and
+the walltime left of a real Slurm job."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import pytest
+import slurm
 from browser import (
     SharedChromium,
     chromium,
@@ -15,6 +18,7 @@ from browser import (
     page_state,
     screenshot,
     stats,
+    tile,
     wait_for,
     wait_for_xpra_xterm,
 )
@@ -38,6 +42,8 @@ IDLE_SITE = """
 [apps.xpra]
 idle_timeout = 0.05   # 3 s: minutes, in a test
 """
+slurm_cluster = slurm.slurm_cluster  # the session fixture
+
 #: The panel's section, and a row by "app/instance".
 SECTION = ".hpc-proxies-item"
 ROW = '[data-hpc-instance="{key}"]'
@@ -71,6 +77,15 @@ def open_lab(context, server) -> Page:
         raise AssertionError(f"no Running tab{page_state(lab)}{log_tail(server)}") from None
     tab.click()
     lab.locator("#jp-running-sessions").wait_for(state="visible")
+    # Our section, and room for it: the panel's other sections folded, as a user would.
+    ours = lab.locator('.jp-AccordionPanel-title[aria-label="Apps (hpc-proxies) Section"]')
+    ours.wait_for(state="visible", timeout=30_000)
+    others = lab.locator(
+        '#jp-running-sessions .jp-AccordionPanel-title[aria-expanded="true"]'
+        ':not([aria-label="Apps (hpc-proxies) Section"])'
+    )
+    for title in others.element_handles():  # each once: a click toggles it
+        title.click(position={"x": 8, "y": 8})  # on the caret, not the section's buttons
     lab.console_errors = console  # type: ignore[attr-defined]
     return lab
 
@@ -155,7 +170,7 @@ def test_a_second_desktop_from_the_launcher_draws_its_own_xterm(server, shared):
     with chromium("running-panel-second", shared=shared) as context:
         lab = open_lab(context, server)
         with context.expect_page(timeout=30_000) as first_tab:
-            lab.locator('.jp-LauncherCard[title^="Xpra Desktop"]').click()
+            tile(lab, "Xpra Desktop").click()
         tab1 = first_tab.value
         wait_for_xpra_xterm(tab1, "instance-1", server)
 
@@ -241,6 +256,25 @@ def test_show_log_displays_the_apps_lines_and_a_failed_app_its_problem(server, s
         screenshot(lab, "running-panel-failed")
 
 
+def test_notebook_7_lists_the_apps_in_its_running_tab(server, shared):
+    """The same prebuilt extension in Notebook 7's file browser (no rebuild)."""
+    server.wait_for_app("/xpra/")
+    wait_state(server, "xpra", "default", "running")
+    with chromium("running-notebook7", shared=shared) as context:
+        tree = context.new_page()
+        errors: list[str] = []
+        tree.on("pageerror", lambda err: errors.append(str(err)))
+        tree.goto(f"{server.url}/tree?token={server.token}")
+        running = tree.get_by_role("tab", name="Running")
+        running.wait_for(state="visible", timeout=90_000)
+        running.click()
+        wait_row(tree, server, "xpra/default", "running")
+        assert "running" in status_text(tree, "xpra/default")
+        screenshot(tree, "running-notebook7")
+        ours = [e for e in errors if "hpc-proxies" in e or "hpc_proxies" in e]
+        assert not ours, ours
+
+
 def test_an_idle_desktop_is_stopped_and_its_url_starts_it_again(tmp_path, shared):
     with (
         jupyter_with_site(tmp_path, IDLE_SITE) as server,
@@ -285,3 +319,27 @@ def test_an_idle_desktop_is_stopped_and_its_url_starts_it_again(tmp_path, shared
         assert listed(server)[("xpra", "default")]["state"] == "running"
         ok(server, "POST", "stop-all")
         assert ARTIFACTS.is_dir()
+
+
+def test_inside_a_slurm_job_the_panel_shows_the_walltime_left(tmp_path, shared, slurm_cluster):
+    """A server whose environment is a real running job's (as in a BatchSpawner job):
+    the API and the panel show what the real slurmctld says is left of it."""
+    job = slurm_cluster.submit(["sleep", "600"], time_minutes=7)
+    slurm_cluster.wait_state(job, "RUNNING", 30)
+    env = {"SLURM_JOB_ID": job, "SLURM_CONF": slurm_cluster.env["SLURM_CONF"]}
+    try:
+        with (
+            jupyter_with_site(tmp_path, None, env) as server,
+            chromium("running-panel-slurm", shared=shared) as context,
+        ):
+            told = ok(server, "GET", "instances")["job"]
+            assert told is not None and told["id"] == job, told
+            assert 5 * 60 < told["remaining"] <= 7 * 60, told
+            lab = open_lab(context, server)
+            shown = lab.locator(f'.hpc-proxies-job [data-hpc-job="{job}"]')
+            shown.wait_for(state="visible", timeout=30_000)
+            text = shown.inner_text()
+            assert re.fullmatch(rf"Slurm job {job}: [56] min left", text.strip()), text
+            screenshot(lab, "running-panel-slurm")
+    finally:
+        slurm_cluster.run("scancel", job)

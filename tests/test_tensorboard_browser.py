@@ -31,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
-from browser import Box, SharedChromium, chromium, log_in, log_tail, rgb, screenshot, wait_for
+from browser import Box, SharedChromium, chromium, log_in, log_tail, rgb, screenshot, tile, wait_for
 from conftest import ARTIFACTS
 from PIL import Image
 from playwright.sync_api import BrowserContext, Page
@@ -184,7 +184,7 @@ def test_tile_draws_the_charts_and_the_logdir_is_switched_from_the_browser(
     write_experiments(jupyter.root_dir)
     with tensorboard_browser(jupyter, shared_chromium) as b:
         # The tile and its (orange) icon.
-        card = b.lab.locator(".jp-LauncherCard", has_text=TITLE)
+        card = tile(b.lab, TITLE)
         try:
             card.wait_for(state="visible", timeout=START_TIMEOUT * 1000)
         except PlaywrightTimeout:

@@ -58,6 +58,7 @@ from browser import (
     rgb,
     screenshot,
     stats,
+    tile,
     wait_for,
 )
 from conftest import ARTIFACTS, jupyter_with_site
@@ -379,7 +380,7 @@ def assert_password_kept_out(b: Browser) -> None:
 
 
 def launcher_card(b: Browser) -> Locator:
-    card = b.lab.locator(".jp-LauncherCard", has_text=TITLE)
+    card = tile(b.lab, TITLE)
     try:
         card.wait_for(state="visible", timeout=START_TIMEOUT * 1000)
     except PlaywrightTimeout:

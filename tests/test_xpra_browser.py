@@ -31,6 +31,7 @@ from browser import (
     page_state,
     screenshot,
     stats,
+    tile,
     wait_for,
     wait_for_xpra_xterm,
     wait_js,
@@ -98,7 +99,7 @@ def test_xpra_desktop_in_chromium(jupyter):
 def run_scenario(jupyter, context, lab: Page, tag, requested, responses) -> None:
     # 1. Log in to JupyterLab with the token and wait for the launcher.
     lab.goto(f"{jupyter.url}/lab?token={jupyter.token}")
-    card = lab.locator(".jp-LauncherCard", has_text=TITLE)
+    card = tile(lab, TITLE)
     try:
         card.wait_for(state="visible", timeout=90_000)
     except PlaywrightTimeout:

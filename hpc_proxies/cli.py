@@ -325,21 +325,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kernel.set_defaults(func=cmd_install_kernel)
 
-    def user_command(name: str, func, help: str, target: bool = True) -> argparse.ArgumentParser:
+    def user_command(name: str, func, help: str, target: str = "") -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help)
         if target:
-            command.add_argument("target", metavar="APP[/INSTANCE]", help="e.g. xpra or xpra/2")
+            command.add_argument("target", metavar="APP[/INSTANCE]", help=target)
         command.add_argument(
             "--server", help="the Jupyter server's URL (default: your running one)"
         )
         command.set_defaults(func=_user_command(func))
         return command
 
-    ps = user_command("ps", cmd_ps, "list the apps you started in your Jupyter server", False)
+    ps = user_command("ps", cmd_ps, "list the apps you started in your Jupyter server")
     ps.add_argument("--json", action="store_true", help="the same, as JSON")
-    user_command("stop", cmd_stop, "stop an app you started (every process of it)")
-    user_command("restart", cmd_restart, "restart an app you started (new processes)")
-    logs = user_command("logs", cmd_logs, "show the output of an app you started")
+    instance = "(e.g. xpra, or xpra/2 for its instance '2')"
+    user_command(
+        "stop",
+        cmd_stop,
+        "stop an app you started (every process of it)",
+        f"the app to stop {instance}",
+    )
+    user_command(
+        "restart",
+        cmd_restart,
+        "restart an app you started (new processes)",
+        f"the app to restart {instance}",
+    )
+    logs = user_command(
+        "logs",
+        cmd_logs,
+        "show the output of an app you started",
+        f"the app whose output to show {instance}",
+    )
     logs.add_argument("-f", "--follow", action="store_true", help="keep showing new lines")
     return parser
 

@@ -40,7 +40,7 @@ def launcher_only(server, refusal: str) -> None:
     """Nothing but the launcher runs: it refused the app for good when it started (it
     logs ``refusal``, the problem's summary, when it decides; the pages served since
     come from that decision), and it has started nothing, then or for any request since."""
-    logged = f"[hpc-proxies xpra] Xpra Desktop: {refusal}"
+    logged = f"[hpc-proxies xpra] Xpra Desktop {refusal}"
     until(lambda: logged in server.log(), 10, f"the launcher to log {logged!r}")
     assert "[hpc-proxies xpra] started pid" not in server.log()
     launcher = server.launcher_pid("xpra")

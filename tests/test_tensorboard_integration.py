@@ -365,7 +365,7 @@ def test_a_sites_logdir_that_does_not_exist_gives_a_page_not_a_crash_loop(tmp_pa
         # Each of those starts failed on the logdir before anything was spawned (the
         # launcher logs the failure before it serves the page), and the launcher waits,
         # stopped, for the next request: no start is under way or left to come.
-        failed = "[hpc-proxies tensorboard] TensorBoard: cannot open this run directory"
+        failed = "[hpc-proxies tensorboard] TensorBoard cannot open this run directory"
         until(lambda: failed in server.log(), 10, f"the launcher to log {failed!r}")
         assert launcher_state(server) == "stopped"
         assert "started pid" not in server.log(), "TensorBoard must not be started at all"

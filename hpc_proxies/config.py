@@ -183,6 +183,8 @@ def type_description(setting: Setting) -> str:
         return "one of " + ", ".join(repr(c) for c in setting.choices)
     if setting.minimum is not None:
         return f"{names[setting.type]} of at least {setting.minimum}"
+    if setting.pattern is not None:
+        return f"{names[setting.type]} of the form {setting.pattern[1]}"
     return names[setting.type]
 
 
@@ -199,6 +201,7 @@ def _check_value(setting: Setting, value: object, where: str) -> list[str]:
         ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
     else:
         ok = isinstance(value, str)
+        ok = ok and (setting.pattern is None or re.fullmatch(setting.pattern[0], value) is not None)
     if ok and setting.choices is not None:
         ok = value in setting.choices
     if ok:

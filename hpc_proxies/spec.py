@@ -15,6 +15,7 @@ from pathlib import Path
 from .problems import CannotStart, Problem
 
 __all__ = [
+    "SCREEN_SIZE",
     "AppSpec",
     "CannotStart",
     "Flag",
@@ -68,6 +69,10 @@ class Parameter:
     resolve: Callable[[str], str]
 
 
+#: ``Setting.pattern`` of a screen size, e.g. a desktop's.
+SCREEN_SIZE = (r"[1-9][0-9]{2,4}x[1-9][0-9]{2,4}", "WIDTHxHEIGHT, e.g. '2560x1600'")
+
+
 @dataclass(frozen=True)
 class Setting:
     """One key of the site configuration, declared with its type, default and help."""
@@ -79,6 +84,9 @@ class Setting:
     choices: tuple[object, ...] | None = None
     example: object = None
     minimum: int | None = None
+    #: For a string: a regular expression the whole value must match, and what it
+    #: means in words (for messages and the reference), e.g. (r"\d+x\d+", "WIDTHxHEIGHT").
+    pattern: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

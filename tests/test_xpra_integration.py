@@ -82,6 +82,46 @@ def test_no_tcp_or_udp_listener_in_the_session(shared_jupyter):
     assert not (owners & pids), f"session processes listening on TCP/UDP:\n{listeners}"
 
 
+def session_display(server) -> tuple[str, str]:
+    """The desktop's DISPLAY and XAUTHORITY, as its xterm has them."""
+    xterm = find_process(session_pids(server), "xterm")
+    environ = dict(
+        item.split("=", 1)
+        for item in Path(f"/proc/{xterm}/environ").read_text().split("\0")
+        if "=" in item
+    )
+    return environ["DISPLAY"], environ["XAUTHORITY"]
+
+
+def screen_size(server) -> str:
+    """The X screen's size, as a program in the desktop sees it."""
+    display, xauthority = session_display(server)
+    info = subprocess.run(
+        ["xdpyinfo", "-display", display],
+        env={"PATH": "/usr/bin", "XAUTHORITY": xauthority},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return re.search(r"dimensions:\s+(\d+x\d+) pixels", info).group(1)
+
+
+def test_the_desktop_screen_is_sized_for_a_browser_not_xpras_5760x2560(shared_jupyter):
+    xpra_ready(shared_jupyter)
+    assert screen_size(shared_jupyter) == "1920x1200"
+
+
+def test_a_site_sets_the_desktop_screen(tmp_path):
+    site = tmp_path / "site.toml"
+    site.write_text('[apps.xpra]\nscreen = "2560x1600"\n')
+    server = start_jupyter(tmp_path, {"HPC_PROXIES_CONFIG": str(site)})
+    try:
+        xpra_ready(server)
+        assert screen_size(server) == "2560x1600"
+    finally:
+        server.stop_all()
+
+
 def test_another_user_cannot_reach_the_socket_or_the_display(shared_jupyter):
     xpra_ready(shared_jupyter)
     runtime = shared_jupyter.runtime_dir("xpra")
@@ -93,13 +133,7 @@ def test_another_user_cannot_reach_the_socket_or_the_display(shared_jupyter):
     denied = as_nobody("/usr/bin/python3", "-c", connect, str(sock))
     assert denied.returncode != 0 and "Permission denied" in denied.stderr
 
-    xterm = find_process(session_pids(shared_jupyter), "xterm")
-    environ = dict(
-        item.split("=", 1)
-        for item in Path(f"/proc/{xterm}/environ").read_text().split("\0")
-        if "=" in item
-    )
-    display, xauthority = environ["DISPLAY"], environ["XAUTHORITY"]
+    display, xauthority = session_display(shared_jupyter)
     assert Path(xauthority).parent == runtime / "app"
     owner = subprocess.run(
         ["xdpyinfo", "-display", display],

@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 
 from ..pages import render_template, static_text
 from ..runtime import read_secret, stand_in_home, write_private_file
-from ..spec import AppSpec, Launch, Requirement, Setting
+from ..spec import SCREEN_SIZE, AppSpec, Launch, Requirement, Setting
 
 VNCSERVER = "vncserver"
 # openbox maps windows that exist when it starts, or that it starts itself; an xterm
@@ -199,7 +199,13 @@ APP = AppSpec(
             "(e.g. 'exec ~/.vnc/xstartup').",
             example="exec startxfce4",
         ),
-        Setting("geometry", str, "1280x800", "The desktop's size before the browser resizes it."),
+        Setting(
+            "geometry",
+            str,
+            "1280x800",
+            "The desktop's size before the browser resizes it.",
+            pattern=SCREEN_SIZE,
+        ),
         Setting("depth", int, 24, "Colour depth in bits.", choices=(16, 24, 32)),
         Setting(
             "novnc_dir",

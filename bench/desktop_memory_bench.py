@@ -1,4 +1,4 @@
-"""Memory of one desktop, idle and after browser connections: PSS of every process its launch started.
+"""One desktop's memory, idle and after browser connections: PSS of all its launch started.
 
     .venv/bin/python bench/desktop_memory_bench.py [--apps vnc xpra] [--cycles 10]
 
@@ -70,7 +70,8 @@ def main() -> None:
             idle = show("idle, after one connection", settled_memory(server, app))
             asyncio.run(connect_and_leave(url, app, args.cycles))
             after = show(f"after {args.cycles} more connections", settled_memory(server, app))
-            print(f"  growth {after - idle:+.1f} MiB ({(after - idle) / args.cycles:+.2f} per connection)")
+            growth = after - idle
+            print(f"  growth {growth:+.1f} MiB ({growth / args.cycles:+.2f} per connection)")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/desktop_stream_bench.py [--apps vnc xpra] [--seconds 10] [--runs 3]
 
-In each desktop a window repaints continuously (an xterm printing random hex at full
-speed). Chromium (1280x800) opens the desktop two ways, interleaved in one run so
-the machine's load hits both alike:
+In each desktop a window repaints continuously (a Tk window of 400x300 pixels of
+shifting noise, with /usr/bin/python3's tkinter). Chromium (1280x800) opens the
+desktop two ways, interleaved in one run so the machine's load hits both alike:
 
 * direct: the launch's own socket (the VNC bridge, or Xpra) reached over loopback
   TCP through socat, a byte pump in C: the floor. The password goes in the URL,
@@ -13,8 +13,8 @@ the machine's load hits both alike:
 
 Frames are noVNC's completed framebuffer updates (``Display.flip``) and Xpra's draw
 packets, counted in the page over ``--seconds``. The Jupyter server's CPU
-(utime + stime) is divided by the bytes it wrote over the same window
-(``/proc/PID/io`` wchar: the stream towards the browser).
+(utime + stime) is divided by the bytes it sent to the browser over the same window
+(the kernel's TCP counters, ``ss -i``; a direct run sends Jupyter nothing).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -31,13 +32,48 @@ from pathlib import Path
 
 from common import CHROMIUM, CHROMIUM_ARGS, bench_jupyter, free_port
 
-REPAINT = "#!/bin/sh\nwhile :; do od -An -tx1 -N 4096 /dev/urandom; done\n"
-XTERM = "xterm -geometry 150x48 -e {script}"
+# A window whose every pixel changes in every frame, as a video or a rotating 3D view
+# does: a tile of noise, shifted each frame (cheap to make, costly to encode and send).
+REPAINT = """\
+import os, tkinter
+W, H = 400, 300
+noise = os.urandom(W * H * 3 * 2)
+header = b"P6 %d %d 255 " % (W, H)
+root = tkinter.Tk()
+root.geometry("%dx%d+0+0" % (W, H))
+image = tkinter.PhotoImage(width=W, height=H)
+tkinter.Label(root, image=image, borderwidth=0).pack()
+frame = 0
+def paint():
+    global frame
+    offset = (frame * 2993) % (W * H * 3)
+    image.configure(data=header + noise[offset:offset + W * H * 3], format="PPM")
+    frame += 1
+    root.after(5, paint)
+paint()
+root.mainloop()
+"""
+WINDOW = "/usr/bin/python3 {script}"
 SITE = """
 [apps.vnc]
-session = "exec openbox --startup '{xterm}'"
+session = "exec openbox --startup '{window}'"
 [apps.xpra]
-session = "{xterm}"
+session = "{window}"
+"""
+
+# Websocket messages the page receives (on the page's own thread: noVNC's; Xpra's client
+# may read its websocket in a worker, where this does not reach).
+COUNT_MESSAGES = """
+window.benchMessages = 0;
+const NativeWebSocket = window.WebSocket;
+window.WebSocket = function (...args) {
+    const ws = new NativeWebSocket(...args);
+    ws.addEventListener('message', () => { window.benchMessages += 1; });
+    return ws;
+};
+window.WebSocket.prototype = NativeWebSocket.prototype;
+Object.assign(window.WebSocket, NativeWebSocket);
+for (const k of ['CONNECTING', 'OPEN', 'CLOSING', 'CLOSED']) window.WebSocket[k] = NativeWebSocket[k];
 """
 
 # Counting starts once the client draws; the hooks are installed from the page.
@@ -70,11 +106,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bytes_written(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("wchar:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no wchar in /proc/{pid}/io")
+def bytes_sent(port: int) -> int:
+    """Bytes the Jupyter server has sent on its open TCP connections (to the browser),
+    from the kernel's per-connection counters (``ss -i``: bytes_sent)."""
+    out = subprocess.run(
+        ["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(int(n) for n in re.findall(r"bytes_sent:(\d+)", out))
 
 
 def launch_socket(server, app: str) -> tuple[Path, str]:
@@ -85,26 +126,29 @@ def launch_socket(server, app: str) -> tuple[Path, str]:
     return socket, (socket.parent / "app" / "secret").read_text()
 
 
-async def frames_per_second(url: str, app: str, seconds: float, jupyter_pid: int) -> dict:
+async def frames_per_second(url: str, app: str, seconds: float, server) -> dict:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = await browser.new_page(viewport={"width": 1280, "height": 800})
+        await page.add_init_script(COUNT_MESSAGES)
         await page.goto(url)
         await page.wait_for_function(
             VNC_READY if app == "vnc" else XPRA_READY, timeout=90_000, polling=100
         )
         await page.evaluate(VNC_HOOK if app == "vnc" else XPRA_HOOK)
         await page.wait_for_function("window.benchFrames > 2", timeout=30_000, polling=50)
-        cpu0, out0 = cpu_seconds(jupyter_pid), bytes_written(jupyter_pid)
-        frames0, t0 = await page.evaluate("window.benchFrames"), time.monotonic()
+        cpu0, out0 = cpu_seconds(server.proc.pid), bytes_sent(server.port)
+        counts = "[window.benchFrames, window.benchMessages]"
+        (frames0, messages0), t0 = await page.evaluate(counts), time.monotonic()
         await asyncio.sleep(seconds)
-        frames1, t1 = await page.evaluate("window.benchFrames"), time.monotonic()
-        cpu1, out1 = cpu_seconds(jupyter_pid), bytes_written(jupyter_pid)
+        (frames1, messages1), t1 = await page.evaluate(counts), time.monotonic()
+        cpu1, out1 = cpu_seconds(server.proc.pid), bytes_sent(server.port)
         await browser.close()
     return {
         "fps": (frames1 - frames0) / (t1 - t0),
+        "messages": (messages1 - messages0) / (t1 - t0),
         "cpu_s": cpu1 - cpu0,
         "mb": (out1 - out0) / 1e6,
     }
@@ -148,9 +192,7 @@ def bench_app(server, app: str, runs: int, seconds: float) -> None:
             order = ["direct", "jupyter"] if run % 2 == 0 else ["jupyter", "direct"]
             for path in order:
                 url = direct_url(app, port, password) if path == "direct" else jupyter_url
-                results[path].append(
-                    asyncio.run(frames_per_second(url, app, seconds, server.proc.pid))
-                )
+                results[path].append(asyncio.run(frames_per_second(url, app, seconds, server)))
     finally:
         pump.terminate()
         pump.wait()
@@ -165,6 +207,20 @@ def bench_app(server, app: str, runs: int, seconds: float) -> None:
     print(f"  runs: direct {[round(r['fps'], 1) for r in results['direct']]}", end="")
     print(f", through Jupyter {[round(r['fps'], 1) for r in results['jupyter']]}")
     print(f"  Jupyter server: {cpu_per_mb:.0f} ms CPU per MB, {mb_per_s:.2f} MB/s to the browser")
+    for path, rows in results.items():
+        rate = statistics.median(r["messages"] for r in rows)
+        if rate:
+            size = (
+                statistics.median(
+                    r["mb"] * 1e3 / (r["messages"] * seconds) for r in rows if r["messages"]
+                )
+                if path == "jupyter"
+                else None
+            )
+            print(
+                f"  {path}: {rate:.0f} websocket messages/s"
+                + (f", {size:.1f} KB each" if size else "")
+            )
 
 
 def main() -> None:
@@ -176,11 +232,10 @@ def main() -> None:
     if shutil.which("socat") is None:
         raise SystemExit("socat is needed for the direct path: apt install socat")
     with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "repaint.sh"
+        script = Path(tmp) / "repaint.py"
         script.write_text(REPAINT)
-        script.chmod(0o755)
         site = Path(tmp) / "site.toml"
-        site.write_text(SITE.format(xterm=XTERM.format(script=script)))
+        site.write_text(SITE.format(window=WINDOW.format(script=script)))
         os.environ["HPC_PROXIES_CONFIG"] = str(site)
         with bench_jupyter() as server:
             for app in args.apps:

@@ -12,7 +12,8 @@ slow browser). This bridge is a companion process on the app's private socket:
 * every other path is a file of ``DIR`` (no CSP sandbox, so ES modules load);
 * a websocket on ``/websockify`` is joined to ``--target``, with backpressure both
   ways and no permessage-deflate (which would cost the proxy hop a factor of ten):
-  :func:`hpc_proxies.wsjoin.join`.
+  :func:`hpc_proxies.wsjoin.join`. What the VNC server writes in pieces goes on as one
+  message when the pieces are already there (:func:`hpc_proxies.wsjoin.coalesced_chunks`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -52,15 +54,18 @@ def make_app(target: Path, web_dir: Path, index: str, query: str) -> web.Applica
     async def websocket(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(protocols=("binary",), compress=False, max_msg_size=0)
         await ws.prepare(request)
+        app_socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        app_socket.setblocking(False)
         try:
-            reader, writer = await asyncio.open_unix_connection(str(target))
+            await asyncio.get_running_loop().sock_connect(app_socket, str(target))
         except OSError as err:
+            app_socket.close()
             await ws.close(code=1011, message=f"cannot reach the app: {err.strerror}".encode())
             return ws
         try:
-            await join(Side.websocket(ws), Side.stream(reader, writer))
+            await join(Side.websocket(ws), Side.socket(app_socket))
         finally:
-            writer.close()
+            app_socket.close()
             await ws.close()
         return ws
 

@@ -16,6 +16,7 @@ the proxy hop a factor of ten in throughput.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from aiohttp import web
 Message = bytes | str
 #: Either end of a websocket (the browser's, or one this process opened).
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
-#: How much of a stream is read at once.
+#: How much of a stream is read at once, and the most one websocket message carries.
 CHUNK = 256 * 1024
 
 
@@ -48,6 +49,11 @@ class Side:
     def stream(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Side:
         """A byte stream: chunks until EOF; text is sent as UTF-8."""
         return cls(_stream_chunks(reader), lambda message: _send_to_stream(writer, message))
+
+    @classmethod
+    def socket(cls, sock: socket.socket) -> Side:
+        """A connected non-blocking stream socket, read as :func:`coalesced_chunks`."""
+        return cls(coalesced_chunks(sock), lambda message: _send_to_socket(sock, message))
 
 
 async def join(one: Side, other: Side) -> None:
@@ -94,6 +100,35 @@ async def _send_to_websocket(ws: WebSocket, message: Message) -> None:
 async def _stream_chunks(reader: asyncio.StreamReader) -> AsyncIterator[Message]:
     while chunk := await reader.read(CHUNK):
         yield chunk
+
+
+async def coalesced_chunks(sock: socket.socket, limit: int = CHUNK) -> AsyncIterator[bytes]:
+    """Chunks of ``sock`` until EOF, each all that has arrived when it is read.
+
+    A VNC server writes an update in pieces (TigerVNC: 16 KiB), and each message costs
+    every hop to the browser the same again (jupyter-server-proxy: ~140 us in Python).
+    So after waiting for the first bytes, take what else is already in the socket,
+    without waiting for more: fewer, larger messages, and no added latency. At most
+    ``limit`` bytes a message.
+    """
+    loop = asyncio.get_running_loop()
+    buffer = bytearray(limit)
+    view = memoryview(buffer)
+    while size := await loop.sock_recv_into(sock, view):
+        while size < limit:
+            try:
+                got = sock.recv_into(view[size:])
+            except (BlockingIOError, InterruptedError):
+                break  # nothing more yet: send what we have now
+            if not got:
+                break  # EOF: send what we have; the next wait returns 0
+            size += got
+        yield bytes(view[:size])
+
+
+async def _send_to_socket(sock: socket.socket, message: Message) -> None:
+    data = message if isinstance(message, bytes) else message.encode()
+    await asyncio.get_running_loop().sock_sendall(sock, data)  # waits while the peer is slow
 
 
 async def _send_to_stream(writer: asyncio.StreamWriter, message: Message) -> None:

@@ -110,7 +110,9 @@ def test_vnc_settings_are_validated(tmp_path):
     assert site.error is not None
     text = str(site.error)
     assert "apps.vnc.depth: expected one of 16, 24, 32, got 12" in text
-    assert "apps.vnc.geometry: expected a string, got 1280" in text
+    assert (
+        "apps.vnc.geometry: expected a string of the form WIDTHxHEIGHT, e.g. '2560x1600', got 1280"
+    ) in text
 
 
 def test_custom_session_needs_no_openbox():

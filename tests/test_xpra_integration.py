@@ -220,3 +220,10 @@ def test_tile_is_listed_with_its_icon(shared_jupyter):
     assert xpra["launcher_entry"]["enabled"] is True
     icon = shared_jupyter.request(urlparse(xpra["launcher_entry"]["icon_url"]).path)
     assert icon.status == 200 and icon.body.lstrip().startswith(b"<svg")
+
+
+def test_xpra_runs_with_two_malloc_arenas_so_connections_do_not_grow_it(shared_jupyter):
+    xpra_ready(shared_jupyter)
+    xpra = find_process(session_pids(shared_jupyter), "xpra")
+    environ = Path(f"/proc/{xpra}/environ").read_bytes().split(b"\0")
+    assert b"MALLOC_ARENA_MAX=2" in environ

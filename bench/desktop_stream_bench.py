@@ -73,7 +73,9 @@ window.WebSocket = function (...args) {
 };
 window.WebSocket.prototype = NativeWebSocket.prototype;
 Object.assign(window.WebSocket, NativeWebSocket);
-for (const k of ['CONNECTING', 'OPEN', 'CLOSING', 'CLOSED']) window.WebSocket[k] = NativeWebSocket[k];
+for (const k of ['CONNECTING', 'OPEN', 'CLOSING', 'CLOSED']) {
+    window.WebSocket[k] = NativeWebSocket[k];
+}
 """
 
 # Counting starts once the client draws; the hooks are installed from the page.

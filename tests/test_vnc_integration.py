@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlparse
 
 import aiohttp
 import pytest
+from conftest import start_jupyter
 from processes import (
     as_nobody,
     assert_stopping_leaves_nothing,
@@ -306,3 +307,33 @@ def test_failed_logins_do_not_lock_the_user_out(shared_jupyter):
         assert handshake(url, wrong_password(secret), headers=headers)[0] == "refused"
     ok = handshake(url, secret, headers=headers)
     assert ok[:3] == ("ok", *GEOMETRY), ok
+
+
+def x_extensions(server) -> str:
+    """What xdpyinfo lists of the desktop's X server, as a program in the desktop sees it."""
+    xterm = find_process(session_pids(server), "xterm")
+    environ = dict(
+        item.split("=", 1)
+        for item in Path(f"/proc/{xterm}/environ").read_text().split("\0")
+        if "=" in item
+    )
+    return subprocess.run(
+        ["xdpyinfo", "-display", environ["DISPLAY"]],
+        env={"PATH": "/usr/bin", "XAUTHORITY": environ["XAUTHORITY"]},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("number of extensions:")[1]
+
+
+def test_opengl_is_there_by_default_and_a_site_can_leave_it_out(shared_jupyter, tmp_path):
+    vnc_ready(shared_jupyter)
+    assert "GLX" in x_extensions(shared_jupyter)
+    site = tmp_path / "site.toml"
+    site.write_text("[apps.vnc]\nglx = false\n")
+    server = start_jupyter(tmp_path, {"HPC_PROXIES_CONFIG": str(site)})
+    try:
+        vnc_ready(server)
+        assert "GLX" not in x_extensions(server)
+    finally:
+        server.stop_all()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -60,6 +61,14 @@ def test_turbovnc_gets_its_own_option_names_and_no_rfbport(launch):
     assert option(argv, "-rfbauth") == str(launch.app_dir / "passwd")
     assert "-SecurityTypes" not in argv and "-PasswordFile" not in argv
     assert "-fg" in argv and option(argv, "-xstartup") == str(launch.app_dir / "xstartup")
+
+
+def test_glx_is_on_unless_the_site_turns_it_off(launch):
+    for turbo in (False, True):
+        assert "GLX" not in server_argv(launch, turbo)
+        without = replace(launch, settings={**launch.settings, "glx": False})
+        argv = server_argv(without, turbo)
+        assert option(argv, "-extension") == "GLX"
 
 
 def test_turbovnc_is_told_apart_by_its_script(tmp_path):

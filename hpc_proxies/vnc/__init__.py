@@ -59,6 +59,10 @@ def server_argv(launch: Launch, turbo: bool) -> list[str]:
         "-depth",
         str(settings.get("depth", 24)),
     ]
+    if not settings.get("glx", True):
+        # No OpenGL in the desktop: the X server then never loads Mesa's software
+        # renderer (llvmpipe), 53 MiB of an idle desktop's 66 in Xtigervnc.
+        common += ["-extension", "GLX"]
     if turbo:
         # TurboVNC opens no TCP port when given a unix socket (and refuses -rfbport -1).
         return [*common, "-securitytypes", "VNC", "-rfbauth", str(launch.app_dir / "passwd")]
@@ -207,6 +211,14 @@ APP = AppSpec(
             pattern=SCREEN_SIZE,
         ),
         Setting("depth", int, 24, "Colour depth in bits.", choices=(16, 24, 32)),
+        Setting(
+            "glx",
+            bool,
+            True,
+            "OpenGL (GLX) in the desktop, rendered in software (Mesa's llvmpipe). Set it "
+            "to false where no one runs OpenGL programs in a VNC desktop: the X server "
+            "then takes about 13 MiB instead of 66 (PSS, one desktop alone).",
+        ),
         Setting(
             "novnc_dir",
             str,

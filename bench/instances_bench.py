@@ -49,7 +49,7 @@ from types import SimpleNamespace
 import aiohttp
 from common import ROOT, pss_kib
 from conftest import jupyter_with_site
-from instances_api import launcher_of, runtime_dir_of
+from instances_api import API, api, launcher_of, runtime_dir_of
 from processes import alive, cmdline
 from rfb_wire import SECURITY_VNCAUTH, VERSION, _WebSocketStream, vncauth_response
 
@@ -71,7 +71,6 @@ READY = {
     "rstudio": "/rstudio/",
     "paraview": "/paraview/api/status",
 }
-API = "/hpc-proxies/api/"
 ENDPOINT = "data/environment"
 POLL = 2.0
 TICK = os.sysconf("SC_CLK_TCK")
@@ -113,21 +112,6 @@ def pct(values: list[float], q: float) -> float:
 
 
 # ------------------------------------------------------------------ servers
-def api_call(server, method: str, path: str, body=None) -> tuple[int, object]:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    try:
-        headers = {"Authorization": f"token {server.token}"}
-        conn.request(method, API + path, json.dumps(body) if body is not None else None, headers)
-        reply = conn.getresponse()
-        raw = reply.read()
-    finally:
-        conn.close()
-    try:
-        return reply.status, json.loads(raw) if raw else None
-    except ValueError:
-        return reply.status, None
-
-
 def start_apps(server) -> None:
     """Ask for every app at once (they start in parallel), then wait until each answers."""
     for path in READY.values():
@@ -139,7 +123,7 @@ def start_apps(server) -> None:
 def wait_running(server, app: str, name: str = "default", timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        status, data = api_call(server, "GET", f"instances/{app}/{name}")
+        status, data = api(server, "GET", f"instances/{app}/{name}")
         if status == 200 and data["state"] == "running":
             return data
         if time.monotonic() > deadline:
@@ -156,7 +140,7 @@ def cpu_window(servers: dict, seconds: float, polled=None) -> dict[str, tuple[fl
     t0 = time.monotonic()
     end, calls = t0 + seconds, 0
     while polled is not None and time.monotonic() < end:
-        status, _ = api_call(polled, "GET", "instances")
+        status, _ = api(polled, "GET", "instances")
         assert status == 200, status
         calls += 1
         time.sleep(max(0.0, min(t0 + calls * POLL, end) - time.monotonic()))
@@ -289,7 +273,7 @@ def time_stop(server, app: str = "xpra") -> tuple[float, int, int]:
     wait_running(server, app)
     before = tree(launcher_of(server, app))
     t0 = time.monotonic()
-    status, data = api_call(server, "POST", f"instances/{app}/default/stop")
+    status, data = api(server, "POST", f"instances/{app}/default/stop")
     took = time.monotonic() - t0
     left = alive(before)
     assert status == 200 and data["state"] == "stopped", (status, data)
@@ -533,8 +517,8 @@ def main() -> None:
 
         a = stack.enter_context(jupyter_with_site(tmp_a, SITE))
         b = stack.enter_context(jupyter_with_site(tmp_b, SITE))
-        status_a, _ = api_call(a, "GET", "instances")
-        status_b, _ = api_call(b, "GET", "instances")
+        status_a, _ = api(a, "GET", "instances")
+        status_b, _ = api(b, "GET", "instances")
         assert (status_a, status_b) == (200, 404), (status_a, status_b)
         print(f"API: A (extension on) {status_a}, B (extension off) {status_b}")
         for server in (a, b):
@@ -577,7 +561,7 @@ def main() -> None:
 
         # 1. The data path through the router.
         for app in ("tensorboard", "vnc"):
-            status, data = api_call(a, "POST", "instances", {"app": app})
+            status, data = api(a, "POST", "instances", {"app": app})
             assert status == 201 and data["instance"] == "2", (status, data)
             a.wait_for_app(f"/{app}@2/", timeout=120)
         everything |= a.descendants() | b.descendants()

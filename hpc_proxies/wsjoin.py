@@ -1,11 +1,11 @@
 """Joining a browser's websocket to another connection, message by message, both ways.
 
-The VNC bridge joins a websocket to a unix stream (:mod:`hpc_proxies.bridge`); the
+The VNC bridge joins a websocket to a unix socket (:mod:`hpc_proxies.bridge`); the
 ParaView service joins one to a kernel's websocket (:mod:`hpc_proxies.paraview.web`).
 Both need the same two things, so they are here once:
 
-* backpressure: each message is sent on with an awaited send (``send_bytes``, or a
-  write then ``drain``), so a slow receiver slows its sender instead of filling this
+* backpressure: each message is sent on with an awaited send (``send_bytes``, or
+  ``sock_sendall``), so a slow receiver slows its sender instead of filling this
   process's memory (jupyter-server-proxy's raw socket proxy grows to a gigabyte);
 * an end: when either direction ends (a close, an error, EOF), the other is cancelled.
 
@@ -24,11 +24,11 @@ import aiohttp
 from aiohttp import web
 
 #: What one side receives and sends: a websocket's binary or text message, or a
-#: chunk of a byte stream.
+#: chunk of a socket's bytes.
 Message = bytes | str
 #: Either end of a websocket (the browser's, or one this process opened).
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
-#: How much of a stream is read at once, and the most one websocket message carries.
+#: The most one chunk of a socket carries (read at once, and sent as one message).
 CHUNK = 256 * 1024
 
 
@@ -44,11 +44,6 @@ class Side:
     def websocket(cls, ws: WebSocket) -> Side:
         """A websocket: binary and text messages, until it closes or fails."""
         return cls(_websocket_messages(ws), lambda message: _send_to_websocket(ws, message))
-
-    @classmethod
-    def stream(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Side:
-        """A byte stream: chunks until EOF; text is sent as UTF-8."""
-        return cls(_stream_chunks(reader), lambda message: _send_to_stream(writer, message))
 
     @classmethod
     def socket(cls, sock: socket.socket) -> Side:
@@ -97,11 +92,6 @@ async def _send_to_websocket(ws: WebSocket, message: Message) -> None:
         await ws.send_str(message)
 
 
-async def _stream_chunks(reader: asyncio.StreamReader) -> AsyncIterator[Message]:
-    while chunk := await reader.read(CHUNK):
-        yield chunk
-
-
 async def coalesced_chunks(sock: socket.socket, limit: int = CHUNK) -> AsyncIterator[bytes]:
     """Chunks of ``sock`` until EOF, each all that has arrived when it is read.
 
@@ -129,8 +119,3 @@ async def coalesced_chunks(sock: socket.socket, limit: int = CHUNK) -> AsyncIter
 async def _send_to_socket(sock: socket.socket, message: Message) -> None:
     data = message if isinstance(message, bytes) else message.encode()
     await asyncio.get_running_loop().sock_sendall(sock, data)  # waits while the peer is slow
-
-
-async def _send_to_stream(writer: asyncio.StreamWriter, message: Message) -> None:
-    writer.write(message if isinstance(message, bytes) else message.encode())
-    await writer.drain()  # waits while the stream's reader is slow

@@ -22,6 +22,15 @@ def cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def environ_of(pid: int) -> dict[str, str]:
+    """The environment ``pid`` started with, from /proc."""
+    return dict(
+        item.split("=", 1)
+        for item in Path(f"/proc/{pid}/environ").read_text(errors="replace").split("\0")
+        if "=" in item
+    )
+
+
 def find_process(pids: set[int], needle: str) -> int:
     for pid in pids:
         if any(needle in arg for arg in cmdline(pid)[:2]):

@@ -66,7 +66,7 @@ from PIL import Image
 from playwright.sync_api import BrowserContext, Locator, Page
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
-from processes import find_process
+from processes import environ_of, find_process
 from test_xpra_clipboard import xclip_owner
 from waiting import until
 
@@ -172,11 +172,7 @@ def find_session(jupyter) -> Session:
 def x_env(pid: int) -> dict[str, str]:
     """What a program needs to reach the X display of process ``pid``: its ``DISPLAY``
     and ``XAUTHORITY``."""
-    environ = dict(
-        item.split("=", 1)
-        for item in Path(f"/proc/{pid}/environ").read_text().split("\0")
-        if "=" in item
-    )
+    environ = environ_of(pid)
     return {
         "PATH": "/usr/bin:/bin",
         "DISPLAY": environ["DISPLAY"],

@@ -21,6 +21,7 @@ from processes import (
     as_nobody,
     assert_stopping_leaves_nothing,
     cmdline,
+    environ_of,
     find_process,
     wait_gone,
 )
@@ -189,11 +190,7 @@ def test_another_user_cannot_reach_the_sockets_or_the_display(shared_jupyter):
         assert denied.returncode != 0 and "Permission denied" in denied.stderr, (sock, denied)
 
     xterm = find_process(session_pids(shared_jupyter), "xterm")
-    environ = dict(
-        item.split("=", 1)
-        for item in Path(f"/proc/{xterm}/environ").read_text().split("\0")
-        if "=" in item
-    )
+    environ = environ_of(xterm)
     display, xauthority = environ["DISPLAY"], environ["XAUTHORITY"]
     assert Path(xauthority) == runtime / "app" / "Xauthority"
 
@@ -312,11 +309,7 @@ def test_failed_logins_do_not_lock_the_user_out(shared_jupyter):
 def x_extensions(server) -> str:
     """What xdpyinfo lists of the desktop's X server, as a program in the desktop sees it."""
     xterm = find_process(session_pids(server), "xterm")
-    environ = dict(
-        item.split("=", 1)
-        for item in Path(f"/proc/{xterm}/environ").read_text().split("\0")
-        if "=" in item
-    )
+    environ = environ_of(xterm)
     return subprocess.run(
         ["xdpyinfo", "-display", environ["DISPLAY"]],
         env={"PATH": "/usr/bin", "XAUTHORITY": environ["XAUTHORITY"]},

@@ -36,7 +36,6 @@ from __future__ import annotations
 import secrets
 import subprocess
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from browser import (
@@ -52,7 +51,7 @@ from browser import (
 from conftest import ARTIFACTS
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page
-from processes import find_process
+from processes import environ_of, find_process
 from test_xpra_integration import session_pids
 from waiting import until
 
@@ -79,11 +78,7 @@ TEXTBOX_HTML = (
 def session_display(jupyter) -> dict[str, str]:
     """``DISPLAY`` and ``XAUTHORITY`` of the session, from the xterm's environment."""
     xterm = find_process(session_pids(jupyter), "xterm")
-    environ = dict(
-        item.split("=", 1)
-        for item in Path(f"/proc/{xterm}/environ").read_text().split("\0")
-        if "=" in item
-    )
+    environ = environ_of(xterm)
     return {
         "PATH": "/usr/bin:/bin",
         "DISPLAY": environ["DISPLAY"],

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import aiohttp
 import pytest
 from conftest import start_jupyter
-from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, find_process
+from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, environ_of, find_process
 from waiting import until
 from xpra_wire import handshake, xpra_ws_handshake
 
@@ -85,11 +85,7 @@ def test_no_tcp_or_udp_listener_in_the_session(shared_jupyter):
 def session_display(server) -> tuple[str, str]:
     """The desktop's DISPLAY and XAUTHORITY, as its xterm has them."""
     xterm = find_process(session_pids(server), "xterm")
-    environ = dict(
-        item.split("=", 1)
-        for item in Path(f"/proc/{xterm}/environ").read_text().split("\0")
-        if "=" in item
-    )
+    environ = environ_of(xterm)
     return environ["DISPLAY"], environ["XAUTHORITY"]
 
 
@@ -225,5 +221,4 @@ def test_tile_is_listed_with_its_icon(shared_jupyter):
 def test_xpra_runs_with_two_malloc_arenas_so_connections_do_not_grow_it(shared_jupyter):
     xpra_ready(shared_jupyter)
     xpra = find_process(session_pids(shared_jupyter), "xpra")
-    environ = Path(f"/proc/{xpra}/environ").read_bytes().split(b"\0")
-    assert b"MALLOC_ARENA_MAX=2" in environ
+    assert environ_of(xpra)["MALLOC_ARENA_MAX"] == "2"

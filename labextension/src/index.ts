@@ -188,26 +188,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
         }
         await run(instance);
       };
-    commands.addCommand(CommandIDs.open, {
-      label: 'Open App Instance',
-      describedBy: { args: instanceArgs },
-      execute: withInstance(actions.open)
-    });
-    commands.addCommand(CommandIDs.stop, {
-      label: 'Stop App Instance',
-      describedBy: { args: instanceArgs },
-      execute: withInstance(actions.stop)
-    });
-    commands.addCommand(CommandIDs.restart, {
-      label: 'Restart App Instance',
-      describedBy: { args: instanceArgs },
-      execute: withInstance(actions.restart)
-    });
-    commands.addCommand(CommandIDs.showLog, {
-      label: 'Show App Instance Log',
-      describedBy: { args: instanceArgs },
-      execute: withInstance(actions.showLog)
-    });
+    // The commands that act on one instance, named by its app and instance.
+    const perInstance: [string, string, (instance: api.IInstance) => unknown][] = [
+      [CommandIDs.open, 'Open App Instance', actions.open],
+      [CommandIDs.stop, 'Stop App Instance', actions.stop],
+      [CommandIDs.restart, 'Restart App Instance', actions.restart],
+      [CommandIDs.showLog, 'Show App Instance Log', actions.showLog]
+    ];
+    for (const [id, label, action] of perInstance) {
+      commands.addCommand(id, {
+        label,
+        describedBy: { args: instanceArgs },
+        execute: withInstance(action)
+      });
+    }
     commands.addCommand(CommandIDs.stopAll, {
       label: 'Stop All hpc-proxies Apps',
       execute: () => actions.stopAll()

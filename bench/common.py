@@ -54,13 +54,19 @@ def report(label: str, direct: list[float], proxied: list[float], direct_name="d
 def direct_launch(
     app: AppSpec, tmp: Path, extra_args: list[str] = ()
 ) -> tuple[list[subprocess.Popen], Launch]:
-    """Start ``app`` by hand in ``tmp``, as the launcher would (main process, companions)."""
+    """Start ``app`` by hand in ``tmp``, as the launcher would (main process, companions,
+    and its web bridge, here in a process of its own: ``bridge_process.py``)."""
     settings = config.app_defaults(app)
     executables = resolve(requirements(app, settings))
     launch = prepare_start(app, tmp, tmp / "app", f"/{app.name}/", settings, executables)
     env = start_env(app, launch, os.environ)
     argvs = [[*app.command(launch), *extra_args]]
     argvs += app.companions(launch) if app.companions else []
+    if app.bridge is not None:
+        bridge = app.bridge(launch)
+        script = str(Path(__file__).with_name("bridge_process.py"))
+        where = [str(launch.socket), str(bridge.target), str(bridge.web_dir)]
+        argvs.append([sys.executable, script, *where, bridge.index, bridge.query])
     started = [
         subprocess.Popen(
             argv,

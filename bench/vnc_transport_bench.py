@@ -7,7 +7,8 @@ client (framebuffer updates) or swallows them (input, uploads). Three paths, in 
 run on one machine, so compare the ratios:
 * direct: a unix-socket client, the floor;
 * raw: jupyter-server-proxy's ``raw_socket_proxy`` to the socket (one hop);
-* bridge: the VNC app's path, Jupyter's websocket proxy to ``hpc_proxies.bridge``.
+* bridge: the VNC app's path, Jupyter's websocket proxy to ``hpc_proxies.bridge`` (run
+  here in a process of its own, ``bridge_process.py``; the launcher serves it itself).
 Then the Jupyter server's memory while a slow browser reads 512 MiB: without
 backpressure the server buffers what the browser has not read yet.
 """
@@ -163,16 +164,12 @@ def main() -> None:
         bridge = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "hpc_proxies.bridge",
-                "--listen",
+                str(Path(__file__).with_name("bridge_process.py")),
                 str(bridge_sock),
-                "--target",
                 str(sock),
-                "--web",
                 str(web),
-                "--index",
                 "index.html",
+                "",
             ]
         )
         stand_in = subprocess.Popen(

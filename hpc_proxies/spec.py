@@ -24,6 +24,7 @@ __all__ = [
     "Problem",
     "Requirement",
     "Setting",
+    "WebBridge",
 ]
 
 
@@ -122,6 +123,18 @@ class Launch:
         return flag in self.flags
 
 
+@dataclass(frozen=True)
+class WebBridge:
+    """What the launcher serves in front of an app that speaks a raw protocol (a VNC
+    server's RFB): the web client's files (``web_dir``, entered at ``index`` with
+    ``query``) and the socket its websocket is joined to (``target``)."""
+
+    target: Path
+    web_dir: Path
+    index: str
+    query: str = ""
+
+
 def _no_environment(launch: Launch) -> dict[str, str]:
     return {}
 
@@ -139,9 +152,11 @@ class AppSpec:
     app's own site-configuration keys. ``x_display`` apps run an X server: each start
     gets an empty private X authority file (``launch.xauthority``, in ``XAUTHORITY``)
     for the server's cookie, so no other user can open the display. ``companions`` are
-    more processes started beside the main one (e.g. the websocket bridge in front of a
-    VNC server), without ``setup``; the app is ready when ``socket`` answers HTTP and
-    each of ``ready_banners`` greets.
+    more processes started beside the main one, without ``setup``. ``bridge``, for an
+    app that speaks a raw protocol (a VNC server), says what the launcher serves on
+    ``socket`` in front of it: the web client's files and a websocket joined to the
+    app's own socket (:mod:`hpc_proxies.bridge`). The app is ready when ``socket``
+    answers HTTP and each of ``ready_banners`` greets.
 
     ``flags`` are looked up in the main program's ``help_args`` output at each start
     (``launch.flags`` holds those it has); ``parameters`` are chosen per request in the
@@ -172,12 +187,17 @@ class AppSpec:
     settings: tuple[Setting, ...] = ()
     version_args: tuple[str, ...] | None = None
     companions: Callable[[Launch], list[list[str]]] | None = None
+    bridge: Callable[[Launch], WebBridge] | None = None
     ready_banners: Callable[[Launch], list[tuple[Path, bytes]]] | None = None
     flags: tuple[Flag, ...] = ()
     help_args: tuple[str, ...] = ("--help",)
     parameters: tuple[Parameter, ...] = ()
     absolute_url: bool = False
     fix_redirect_host: bool = False
+    #: The app sends validators (``Last-Modified``) with its files but never answers a
+    #: revalidation with 304 itself (Xpra 3.1): the Jupyter server does, when the file
+    #: is unchanged, so a reload costs a request per file, not the file.
+    answer_unchanged: bool = False
 
     def requirements(self, settings: Mapping[str, object]) -> tuple[Requirement, ...]:
         """What must be installed, for these settings (the session program may vary)."""

@@ -22,6 +22,7 @@ import struct
 import subprocess
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from .procs import signal_on_parent_death
@@ -45,6 +46,12 @@ def xauthority_entry(cookie: bytes, number: str = "") -> bytes:
         + counted(COOKIE_NAME)
         + counted(cookie)
     )
+
+
+def desktop_script() -> Path:
+    """``x-desktop.sh``: an X server on a free display (``-displayfd``), then a session
+    on it, in sh; what a VNC server's wrapper script does, without its interpreter."""
+    return Path(str(resources.files("hpc_proxies.static") / "x-desktop.sh"))
 
 
 def write_xauthority(path: str | os.PathLike[str]) -> Path:

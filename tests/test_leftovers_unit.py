@@ -18,6 +18,7 @@ from hpc_proxies import vnc, xpra
 from hpc_proxies.procs import DirectoryReaper
 from hpc_proxies.runtime import stand_in_home
 from hpc_proxies.spec import Launch
+from hpc_proxies.xdisplay import desktop_script
 
 #: A process that makes a directory with a reaper, says both, and waits to be killed.
 HOLDER = """
@@ -133,17 +134,26 @@ def test_xpra_runs_in_the_stand_in_and_its_session_gets_the_real_home(tmp_path, 
 def test_vncserver_runs_in_the_stand_in_and_xstartup_gives_the_real_home_back(
     tmp_path, monkeypatch
 ):
+    """TurboVNC's wrapper runs with the stand-in home; TigerVNC's X server runs without
+    its wrapper (which wrote ~/.vnc) and keeps the real home, like the session."""
     monkeypatch.setenv("HOME", "/home/alice")
     monkeypatch.setenv("XDG_CONFIG_HOME", "/home/alice/.my-config")
-    start = launch(tmp_path, {"vncserver": "/usr/bin/vncserver", "vncpasswd": "/usr/bin/vncpasswd"})
+    turbo = tmp_path / "turbovnc" / "vncserver"
+    turbo.parent.mkdir()
+    turbo.write_text("#!/usr/bin/env perl\n# TurboVNC vncserver script\n")
+    start = launch(tmp_path, {"vncserver": str(turbo), "vncpasswd": "/usr/bin/vncpasswd"})
     vnc.prepare(start)
     assert vnc.command(start)[:4] == [
         "/usr/bin/env",
         f"HOME={start.app_dir / 'home'}",
         f"XDG_CONFIG_HOME={start.app_dir / 'home' / '.config'}",
-        "/usr/bin/vncserver",
+        str(turbo),
     ]
-    assert vnc.APP.environment(start) == {}, "the bridge and the setup keep the real home"
+    (tmp_path / "tiger").mkdir()
+    tiger = launch(tmp_path / "tiger", {"vncserver": "/usr/bin/vncserver", "vncpasswd": "x"})
+    assert vnc.command(tiger)[:2] == ["/bin/sh", str(desktop_script())]
+    assert "/usr/bin/Xtigervnc" in vnc.command(tiger)
+    assert vnc.APP.environment(start) == {}, "the setup keeps the real home"
     xstartup = (start.app_dir / "xstartup").read_text()
     exports = "HOME=/home/alice; export HOME\nXDG_CONFIG_HOME=/home/alice/.my-config; export"
     assert exports in xstartup

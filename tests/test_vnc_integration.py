@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from processes import (
     wait_gone,
 )
 from rfb_wire import SECURITY_VNCAUTH, VERSION, banner, direct_handshake, handshake
+from waiting import until
 
 from hpc_proxies import procs
 
@@ -49,23 +49,23 @@ def session_pids(server) -> set[int]:
     return {launcher} | procs.descendants(launcher)
 
 
-def bridge_pid(pids: set[int]) -> int:
-    for pid in pids:
-        if "hpc_proxies.bridge" in cmdline(pid):
-            return pid
-    raise AssertionError(f"no hpc_proxies.bridge among {[cmdline(p) for p in sorted(pids)]}")
-
-
-def tigervnc_tmpdir(xvnc: int) -> Path:
-    """vncserver copies the password file into a /tmp/tigervnc.XXXXXX directory of its own."""
-    argv = cmdline(xvnc)
-    path = Path(argv[argv.index("-PasswordFile") + 1])
-    assert path.parent.name.startswith("tigervnc."), argv
-    return path.parent
+def no_bridge_process(pids: set[int]) -> None:
+    """The launcher serves noVNC and the websocket itself: no second Python beside it."""
+    pythons = [argv for argv in map(cmdline, pids) if argv and "python" in Path(argv[0]).name]
+    assert len(pythons) == 1 and "hpc_proxies.launcher" in pythons[0], pythons
 
 
 def tigervnc_tmpdirs() -> set[Path]:
+    """Where TigerVNC's wrapper (no longer used) copied the password file."""
     return set(Path("/tmp").glob("tigervnc.*"))
+
+
+def without_wrapper(pids: set[int]) -> int:
+    """The desktop runs Xtigervnc through ``x-desktop.sh``, not TigerVNC's perl
+    ``vncserver``; the X server reads the password file in the private directory."""
+    assert not [cmdline(p) for p in pids if "/usr/bin/vncserver" in cmdline(p)[:2]]
+    find_process(pids, "x-desktop.sh")
+    return find_process(pids, "Xtigervnc")
 
 
 def ws_url(server) -> str:
@@ -160,9 +160,9 @@ def test_vncauth_is_required_and_checks_the_launch_password(shared_jupyter):
 def test_no_tcp_or_udp_listener_in_the_session(shared_jupyter):
     vnc_ready(shared_jupyter)
     pids = session_pids(shared_jupyter)
-    for needle in ("vncserver", "Xtigervnc", "xterm", "openbox"):
+    for needle in ("x-desktop.sh", "Xtigervnc", "xterm", "openbox"):
         find_process(pids, needle)
-    bridge_pid(pids)
+    no_bridge_process(pids)
     listeners = subprocess.run(["ss", "-Htulnp"], capture_output=True, text=True).stdout
     owners = {int(p) for p in re.findall(r"pid=(\d+)", listeners)}
     assert shared_jupyter.proc.pid in owners, (
@@ -229,19 +229,16 @@ def test_no_secret_in_any_cmdline_environment_or_log(shared_jupyter):
 
     app = app_dir(shared_jupyter)
     passwd = app / "passwd"
-    xvnc = find_process(session_pids(shared_jupyter), "Xtigervnc")
-    assert "-PasswordFile" in cmdline(xvnc)
-    assert str(passwd) in cmdline(find_process(session_pids(shared_jupyter), "vncserver"))
+    xvnc = without_wrapper(session_pids(shared_jupyter))
+    argv = cmdline(xvnc)
+    assert argv[argv.index("-PasswordFile") + 1] == str(passwd), argv
     for path, mode in ((app.parent, 0o700), (app, 0o700), (passwd, 0o600), (app / "secret", 0o600)):
         assert stat.S_IMODE(path.stat().st_mode) == mode, f"{path}: {path.stat().st_mode:o}"
     assert secret.encode() not in passwd.read_bytes(), "passwd holds the obfuscated form"
-    # vncserver's own copy of the password file, outside our runtime directory.
-    copy_dir = tigervnc_tmpdir(xvnc)
-    assert stat.S_IMODE(copy_dir.stat().st_mode) == 0o700, oct(copy_dir.stat().st_mode)
-    assert (copy_dir / "passwd").read_bytes() == passwd.read_bytes()
-    # vncserver's log in ~/.vnc (outside the runtime directory) has no secret either.
-    for log in (Path.home() / ".vnc").glob(f"{socket.gethostname()}:*.log"):
-        assert secret not in log.read_text(errors="replace"), log
+    # The X server's cookie: private, and in the private directory.
+    xauthority = app / "Xauthority"
+    assert argv[argv.index("-auth") + 1] == str(xauthority), argv
+    assert stat.S_IMODE(xauthority.stat().st_mode) == 0o600
 
 
 def test_kill_9_of_the_vnc_server_and_the_next_request_brings_it_back(shared_jupyter):
@@ -249,12 +246,10 @@ def test_kill_9_of_the_vnc_server_and_the_next_request_brings_it_back(shared_jup
     before = session_pids(shared_jupyter)
     launcher = shared_jupyter.launcher_pid("vnc")
     xvnc = find_process(before, "Xtigervnc")
-    copy_dir = tigervnc_tmpdir(xvnc)
     old_secret = secret_of(shared_jupyter)
     os.kill(xvnc, signal.SIGKILL)
     left = wait_gone(before - {launcher}, 15)
     assert not left, f"left behind: {[cmdline(pid) for pid in left]}"
-    assert not copy_dir.exists(), f"vncserver left {copy_dir} behind"
 
     restarting = shared_jupyter.request("/vnc/")
     assert restarting.status == 202, restarting.text[:500]
@@ -277,21 +272,19 @@ def test_stopping_jupyter_leaves_nothing_behind(jupyter):
     tmpdirs_before = tigervnc_tmpdirs()
     vnc_ready(jupyter)
     everything = jupyter.descendants()
-    xvnc = find_process(everything, "Xtigervnc")
-    copy_dir = tigervnc_tmpdir(xvnc)
-    display = cmdline(xvnc)[1]
-    assert re.fullmatch(r":\d+", display), cmdline(xvnc)
-    assert len(everything) >= 6, [cmdline(pid) for pid in everything]
+    without_wrapper(everything)
+    # The display it took (-displayfd), as the session sees it, and its X socket.
+    display = environ_of(find_process(everything, "openbox"))["DISPLAY"]
+    x_socket = Path(f"/tmp/.X11-unix/X{display.lstrip(':')}")
+    assert x_socket.is_socket(), display
+    # The launcher (which serves noVNC too), x-desktop.sh, Xtigervnc, openbox
+    assert len(everything) >= 4, [cmdline(pid) for pid in everything]
 
     assert_stopping_leaves_nothing(jupyter, "vnc")
-    assert not copy_dir.exists(), f"vncserver left {copy_dir} behind"
     new_tmpdirs = tigervnc_tmpdirs() - tmpdirs_before
     assert not new_tmpdirs, f"/tmp/tigervnc.* piling up: {sorted(new_tmpdirs)}"
-    # The X server's lock file is gone too (or, if the display number was reused
-    # meanwhile, it names another process).
-    lock = Path(f"/tmp/.X{display[1:]}-lock")
-    if lock.exists():
-        assert lock.read_text().strip() != str(xvnc), f"{lock} of the stopped Xtigervnc"
+    # The X server's socket is gone too: the next desktop can take the number.
+    assert not x_socket.exists(), f"{x_socket} of the stopped Xtigervnc"
 
 
 def test_failed_logins_do_not_lock_the_user_out(shared_jupyter):
@@ -307,8 +300,14 @@ def test_failed_logins_do_not_lock_the_user_out(shared_jupyter):
 
 
 def x_extensions(server) -> str:
-    """What xdpyinfo lists of the desktop's X server, as a program in the desktop sees it."""
-    xterm = find_process(session_pids(server), "xterm")
+    """What xdpyinfo lists of the desktop's X server, as a program in the desktop sees it
+    (its xterm, which the session starts soon after the desktop answers)."""
+
+    def the_xterm() -> int | None:
+        pids = session_pids(server)
+        return next((pid for pid in pids if any("xterm" in a for a in cmdline(pid)[:2])), None)
+
+    xterm = until(the_xterm, 30, "the session's xterm")
     environ = environ_of(xterm)
     return subprocess.run(
         ["xdpyinfo", "-display", environ["DISPLAY"]],

@@ -10,14 +10,26 @@ from __future__ import annotations
 
 import json
 import re
+import stat
+import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from hpc_proxies import config
 from hpc_proxies.runtime import ensure_private_dir, read_secret, write_secret
 from hpc_proxies.spec import Launch
-from hpc_proxies.vnc import APP, companions, is_turbovnc, page_script, server_argv
+from hpc_proxies.vnc import (
+    APP,
+    bridge,
+    desktop_argv,
+    is_turbovnc,
+    page_script,
+    server_argv,
+    tigervnc_xserver,
+)
+from hpc_proxies.xdisplay import desktop_script, write_xauthority
 
 
 @pytest.fixture
@@ -52,6 +64,86 @@ def test_tigervnc_listens_on_the_unix_socket_only(launch):
     assert (option(argv, "-geometry"), option(argv, "-depth")) == ("1600x900", "24")
 
 
+def test_tigervnc_runs_without_its_wrapper_and_listens_on_the_unix_socket_only(launch):
+    """Xtigervnc through x-desktop.sh: the same VNC options, its cookie in the private
+    directory, no X11 TCP listener; TurboVNC keeps its wrapper."""
+    assert tigervnc_xserver("/usr/bin/vncserver") == Path("/usr/bin/Xtigervnc")
+    assert tigervnc_xserver(launch.executable) is None  # not installed: the wrapper
+    argv = desktop_argv(launch, Path("/usr/bin/Xtigervnc"))
+    assert argv[:5] == [
+        "/bin/sh",
+        str(desktop_script()),
+        str(launch.app_dir),
+        str(launch.app_dir / "xstartup"),
+        "/usr/bin/Xtigervnc",
+    ]
+    assert option(argv, "-rfbunixpath") == str(launch.app_dir / "rfb.sock")
+    assert option(argv, "-rfbport") == "-1"
+    assert option(argv, "-SecurityTypes") == "VncAuth"
+    assert option(argv, "-auth") == str(launch.xauthority)
+    assert option(argv, "-nolisten") == "tcp"
+    assert "-UseBlacklist=0" in argv and "-fg" not in argv
+
+
+XVFB = ("Xvfb", "-nolisten", "tcp", "-auth")
+
+
+def xstartup(path: Path, body: str) -> Path:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o700)
+    return path
+
+
+def test_the_desktop_script_runs_the_session_on_the_display_the_server_took(tmp_path):
+    """Real Xvfb: the session gets the display (-displayfd); when it ends, the X server
+    is stopped and the script exits 0."""
+    directory = tmp_path / "app"
+    directory.mkdir(mode=0o700)
+    seen = tmp_path / "display"
+    session = xstartup(directory / "xstartup", f"echo $DISPLAY > {seen}; xdpyinfo >/dev/null")
+    cookie = write_xauthority(directory / "Xauthority")
+    done = subprocess.run(
+        ["/bin/sh", str(desktop_script()), str(directory), str(session), *XVFB, str(cookie)],
+        env={"PATH": "/usr/bin:/bin", "XAUTHORITY": str(cookie)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    display = seen.read_text().strip()
+    assert re.fullmatch(r":\d+", display), display
+    assert not Path(f"/tmp/.X11-unix/X{display[1:]}").exists(), "the X server is gone"
+    assert not (directory / "displayfd").exists()
+
+
+def test_the_desktop_script_says_when_the_x_server_does_not_start(tmp_path):
+    directory = tmp_path / "app"
+    directory.mkdir(mode=0o700)
+    session = xstartup(directory / "xstartup", "echo the session ran")
+    done = subprocess.run(
+        ["/bin/sh", str(desktop_script()), str(directory), str(session), "/bin/false"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert "/bin/false did not start" in done.stderr
+    assert "the session ran" not in done.stdout
+
+
+def test_the_x_cookie_is_private_and_fresh_for_each_start(launch):
+    launch.xauthority.write_bytes(b"")
+    (launch.app_dir / "xstartup").unlink(missing_ok=True)
+    launch = replace(launch, executables={**launch.executables, "vncpasswd": "/usr/bin/vncpasswd"})
+    APP.prepare(launch)
+    first = launch.xauthority.read_bytes()
+    assert len(first) > 16 and stat.S_IMODE(launch.xauthority.stat().st_mode) == 0o600
+    (launch.app_dir / "xstartup").unlink()
+    (launch.app_dir / "passwd").unlink()
+    APP.prepare(launch)
+    assert launch.xauthority.read_bytes() != first
+
+
 def test_turbovnc_gets_its_own_option_names_and_no_rfbport(launch):
     argv = server_argv(launch, turbo=True)
     assert argv[0] == "/opt/TurboVNC/bin/vncserver"
@@ -84,16 +176,16 @@ def test_turbovnc_is_told_apart_by_its_script(tmp_path):
 def test_no_secret_in_any_argv_and_the_password_fits_vncauth(launch):
     secret = read_secret(launch.secret_file)
     assert len(secret) == 8  # VncAuth uses 8 characters: no weaker than it must be
-    for argv in [server_argv(launch, False), server_argv(launch, True), *companions(launch)]:
+    for argv in [server_argv(launch, False), server_argv(launch, True)]:
         assert not any(secret in arg for arg in argv), argv
+    assert secret not in repr(bridge(launch))
 
 
 def test_the_bridge_sends_the_browser_to_novnc_under_the_prefix(launch):
-    (bridge,) = companions(launch)
-    assert bridge[1:3] == ["-m", "hpc_proxies.bridge"]
-    assert option(bridge, "--listen") == str(launch.socket)
-    assert option(bridge, "--target") == str(launch.app_dir / "rfb.sock")
-    query = option(bridge, "--query")
+    served = bridge(launch)
+    assert served.target == launch.app_dir / "rfb.sock"
+    assert served.web_dir == Path("/usr/share/novnc") and served.index == "vnc.html"
+    query = served.query
     assert "path=user%2Fada%2Fvnc%2Fwebsockify" in query
     assert "resize=remote" in query and "autoconnect=1" in query and "reconnect=1" in query
     assert "password" not in query

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import config, pages, procs
+from ..bridge import RunningBridge, serve_bridge
 from ..executables import MissingExecutables, setup_argv
 from ..layout import LaunchLayout
 from ..problems import CannotStart, Problem
@@ -89,6 +90,8 @@ class Launcher:
             log=self.log,
         )
         self.main: ManagedProcess | None = None
+        #: The current run's web bridge (``AppSpec.bridge``), served on this loop.
+        self.bridge: RunningBridge | None = None
         self.launch: Launch | None = None
         self.params = ParameterChoices(app, self.settings.values, prefix, self.log)
         self.listener: OwnedListener | None = None
@@ -189,6 +192,12 @@ class Launcher:
             for companion in self.app.companions(launch) if self.app.companions else []:
                 program = companion[0]
                 self.group.spawn("companion", companion, env)
+            if self.app.bridge is not None:
+                bridge = await serve_bridge(self.app.bridge(launch), launch.socket)
+                if not self._is_current(generation):  # stopped while it started
+                    await bridge.stop()
+                    return
+                self.bridge = bridge
             problem = await self._wait_ready(launch, generation)
         except MissingExecutables as missing:
             problem = failures.not_installed(self.title, missing)
@@ -243,9 +252,15 @@ class Launcher:
         self.main = None
         try:
             await self.group.stop()
+            await self._stop_bridge()
             remove_tree(self.layout.app_dir)
         finally:
             self.dispatch(lc.Cleaned())
+
+    async def _stop_bridge(self) -> None:
+        bridge, self.bridge = self.bridge, None
+        if bridge is not None:
+            await bridge.stop()
 
     def restart(self) -> None:
         """Stop the app if it runs and start it again (a new app directory, secret and
@@ -307,6 +322,7 @@ class Launcher:
         if self.listener is not None:
             self.listener.stop_listening()
         await self.group.stop()
+        await self._stop_bridge()
         self.group.close()
         for runner in self._runners:
             await runner.cleanup()

@@ -1,29 +1,35 @@
 """VNC desktop: TigerVNC (or TurboVNC) on a private socket, noVNC in the browser.
 
 The VNC server listens only on a unix socket in the launch's private directory
-(``-rfbunixpath``; no TCP port), with a one-time VncAuth password in a 0600 file. A
-companion, :mod:`hpc_proxies.bridge`, serves noVNC on the launch socket and joins its
-websocket to the VNC server. The Jupyter server fills the password into noVNC's
+(``-rfbunixpath``; no TCP port), with a one-time VncAuth password in a 0600 file. The
+launcher serves noVNC on the launch socket and joins its websocket to the VNC server
+(``bridge``, :mod:`hpc_proxies.bridge`). The Jupyter server fills the password into noVNC's
 credentials dialog from the page it serves, so it is never in a URL or an argv.
 
-vncserver runs with a stand-in home (``runtime.stand_in_home``): TigerVNC's and
-TurboVNC's wrappers keep their log (``~/.vnc/<host>:<display>.log``) and pid file in
-``~/.vnc``, and read ``~/.vnc/tigervnc.conf``. The session's xstartup gives the user's
-real home back to the desktop's programs.
+TigerVNC's X server (``Xtigervnc``, beside ``vncserver``) is started without its perl
+wrapper, which cost 12 MiB per desktop: ``x-desktop.sh`` (:func:`hpc_proxies.xdisplay.
+desktop_script`) starts it on a free display and the session on that display. So
+TigerVNC's ``/etc/tigervnc/vncserver-config-defaults`` and ``~/.vnc/tigervnc.conf`` are
+not read: the site configuration says everything. TurboVNC keeps its ``vncserver``,
+which runs with a stand-in home (``runtime.stand_in_home``): it keeps its log and pid
+file in ``~/.vnc``. The session's xstartup gives the user's real home back to the
+desktop's programs.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
 from ..pages import render_template, static_text
 from ..runtime import read_secret, stand_in_home, write_private_file
-from ..spec import SCREEN_SIZE, AppSpec, Launch, Requirement, Setting
+from ..spec import SCREEN_SIZE, AppSpec, Launch, Requirement, Setting, WebBridge
+from ..xdisplay import desktop_script, write_xauthority
 
 VNCSERVER = "vncserver"
+XTIGERVNC = "Xtigervnc"
 # openbox maps windows that exist when it starts, or that it starts itself; an xterm
 # started beside it ("xterm & exec openbox") often stayed unmapped until a click.
 DEFAULT_SESSION = "exec openbox --startup xterm"
@@ -42,14 +48,11 @@ def is_turbovnc(vncserver: str) -> bool:
     return b"TurboVNC" in head
 
 
-def server_argv(launch: Launch, turbo: bool) -> list[str]:
-    """The vncserver command line: unix socket only, VncAuth with the launch's file."""
+def vnc_options(launch: Launch) -> list[str]:
+    """What the VNC server is told, through its wrapper or not: unix socket only, VncAuth
+    with the launch's file, the screen, and OpenGL unless the site leaves it out."""
     settings = launch.settings
-    common = [
-        launch.executable,
-        "-fg",
-        "-xstartup",
-        str(launch.app_dir / "xstartup"),
+    options = [
         "-rfbunixpath",
         str(launch.app_dir / RFB_SOCKET),
         "-rfbunixmode",
@@ -62,12 +65,12 @@ def server_argv(launch: Launch, turbo: bool) -> list[str]:
     if not settings.get("glx", True):
         # No OpenGL in the desktop: the X server then never loads Mesa's software
         # renderer (llvmpipe), 53 MiB of an idle desktop's 66 in Xtigervnc.
-        common += ["-extension", "GLX"]
-    if turbo:
-        # TurboVNC opens no TCP port when given a unix socket (and refuses -rfbport -1).
-        return [*common, "-securitytypes", "VNC", "-rfbauth", str(launch.app_dir / "passwd")]
+        options += ["-extension", "GLX"]
+    return options
+
+
+def tigervnc_security(launch: Launch) -> list[str]:
     return [
-        *common,
         "-rfbport",
         "-1",
         "-localhost",
@@ -84,13 +87,63 @@ def server_argv(launch: Launch, turbo: bool) -> list[str]:
     ]
 
 
+def server_argv(launch: Launch, turbo: bool) -> list[str]:
+    """The vncserver wrapper's command line (TurboVNC's, or TigerVNC's without its X
+    server beside it)."""
+    wrapper = [
+        launch.executable,
+        "-fg",
+        "-xstartup",
+        str(launch.app_dir / "xstartup"),
+        *vnc_options(launch),
+    ]
+    if turbo:
+        # TurboVNC opens no TCP port when given a unix socket (and refuses -rfbport -1).
+        return [*wrapper, "-securitytypes", "VNC", "-rfbauth", str(launch.app_dir / "passwd")]
+    return [*wrapper, *tigervnc_security(launch)]
+
+
+def tigervnc_xserver(vncserver: str) -> Path | None:
+    """TigerVNC's X server, installed beside its ``vncserver`` wrapper (Debian: both in
+    /usr/bin); None for TurboVNC, or if it is not there."""
+    if is_turbovnc(vncserver):
+        return None
+    xserver = Path(vncserver).resolve().parent / XTIGERVNC
+    return xserver if os.access(xserver, os.X_OK) else None
+
+
+def desktop_argv(launch: Launch, xserver: Path) -> list[str]:
+    """Xtigervnc and the session without the wrapper (``x-desktop.sh``): the X server
+    with the launch's cookie (``-auth``), no X11 TCP listener, named after the tile."""
+    return [
+        "/bin/sh",
+        str(desktop_script()),
+        str(launch.app_dir),
+        str(launch.app_dir / "xstartup"),
+        str(xserver),
+        "-desktop",
+        str(launch.settings.get("title", "VNC Desktop")),
+        "-auth",
+        str(launch.xauthority),
+        "-nolisten",
+        "tcp",
+        *vnc_options(launch),
+        *tigervnc_security(launch),
+    ]
+
+
 def command(launch: Launch) -> list[str]:
-    """vncserver, with the stand-in home (its xstartup gives the session the real one)."""
+    """TigerVNC's X server and the session (no wrapper), or else the vncserver wrapper,
+    with a stand-in home (its xstartup gives the session the real one)."""
+    xserver = tigervnc_xserver(launch.executable)
+    if xserver is not None:
+        return desktop_argv(launch, xserver)
     home = stand_in_home(launch.app_dir)
     return home.argv(server_argv(launch, is_turbovnc(launch.executable)))
 
 
-def companions(launch: Launch) -> list[list[str]]:
+def bridge(launch: Launch) -> WebBridge:
+    """noVNC, connecting at once (and again after a drop) to the VNC server's socket."""
     query = urlencode(
         {
             "autoconnect": "1",
@@ -100,23 +153,12 @@ def companions(launch: Launch) -> list[list[str]]:
             "path": launch.prefix.lstrip("/") + "websockify",
         }
     )
-    return [
-        [
-            sys.executable,
-            "-m",
-            "hpc_proxies.bridge",
-            "--listen",
-            str(launch.socket),
-            "--target",
-            str(launch.app_dir / RFB_SOCKET),
-            "--web",
-            str(launch.settings.get("novnc_dir", DEFAULT_NOVNC)),
-            "--index",
-            "vnc.html",
-            "--query",
-            query,
-        ]
-    ]
+    return WebBridge(
+        target=launch.app_dir / RFB_SOCKET,
+        web_dir=Path(str(launch.settings.get("novnc_dir", DEFAULT_NOVNC))),
+        index="vnc.html",
+        query=query,
+    )
 
 
 def ready_banners(launch: Launch) -> list[tuple[Path, bytes]]:
@@ -124,7 +166,8 @@ def ready_banners(launch: Launch) -> list[tuple[Path, bytes]]:
 
 
 def prepare(launch: Launch) -> None:
-    """The session script (which puts the user's home back) and the VncAuth password file."""
+    """The session script (which puts the user's home back), the X server's cookie (a
+    wrapper adds its own) and the VncAuth password file."""
     session = str(launch.settings.get("session", DEFAULT_SESSION))
     home = stand_in_home(launch.app_dir)
     xstartup = write_private_file(
@@ -133,6 +176,8 @@ def prepare(launch: Launch) -> None:
         f"# from hpc-proxies\n{home.shell_exports()}{session}\n",
     )
     xstartup.chmod(0o700)
+    launch.xauthority.unlink(missing_ok=True)
+    write_xauthority(launch.xauthority)
     assert launch.secret_file is not None
     obfuscated = subprocess.run(
         [launch.executables["vncpasswd"], "-f"],
@@ -183,7 +228,7 @@ APP = AppSpec(
     description="A Linux desktop through a VNC server, in the browser with noVNC.",
     requires=requires,
     command=command,
-    companions=companions,
+    bridge=bridge,
     ready_banners=ready_banners,
     prepare=prepare,
     secret=True,

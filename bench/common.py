@@ -55,7 +55,7 @@ def direct_launch(
     app: AppSpec, tmp: Path, extra_args: list[str] = ()
 ) -> tuple[list[subprocess.Popen], Launch]:
     """Start ``app`` by hand in ``tmp``, as the launcher would (main process, companions,
-    and its web bridge, here in a process of its own: ``bridge_process.py``)."""
+    and its web bridge, here in a process of its own: ``python -m hpc_proxies.bridge``)."""
     settings = config.app_defaults(app)
     executables = resolve(requirements(app, settings))
     launch = prepare_start(app, tmp, tmp / "app", f"/{app.name}/", settings, executables)
@@ -64,9 +64,9 @@ def direct_launch(
     argvs += app.companions(launch) if app.companions else []
     if app.bridge is not None:
         bridge = app.bridge(launch)
-        script = str(Path(__file__).with_name("bridge_process.py"))
-        where = [str(launch.socket), str(bridge.target), str(bridge.web_dir)]
-        argvs.append([sys.executable, script, *where, bridge.index, bridge.query])
+        where = ["--listen", str(launch.socket), "--target", str(bridge.target)]
+        client = ["--web", str(bridge.web_dir), "--index", bridge.index, "--query", bridge.query]
+        argvs.append([sys.executable, "-m", "hpc_proxies.bridge", *where, *client])
     started = [
         subprocess.Popen(
             argv,

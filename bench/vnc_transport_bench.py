@@ -7,8 +7,7 @@ client (framebuffer updates) or swallows them (input, uploads). Three paths, in 
 run on one machine, so compare the ratios:
 * direct: a unix-socket client, the floor;
 * raw: jupyter-server-proxy's ``raw_socket_proxy`` to the socket (one hop);
-* bridge: the VNC app's path, Jupyter's websocket proxy to ``hpc_proxies.bridge`` (run
-  here in a process of its own, ``bridge_process.py``; the launcher serves it itself).
+* bridge: the VNC app's path, Jupyter's websocket proxy to ``hpc_proxies.bridge``.
 Then the Jupyter server's memory while a slow browser reads 512 MiB: without
 backpressure the server buffers what the browser has not read yet.
 """
@@ -164,12 +163,16 @@ def main() -> None:
         bridge = subprocess.Popen(
             [
                 sys.executable,
-                str(Path(__file__).with_name("bridge_process.py")),
+                "-m",
+                "hpc_proxies.bridge",
+                "--listen",
                 str(bridge_sock),
+                "--target",
                 str(sock),
+                "--web",
                 str(web),
+                "--index",
                 "index.html",
-                "",
             ]
         )
         stand_in = subprocess.Popen(

@@ -16,14 +16,17 @@ the launcher serves it on the app's private socket, on its own event loop:
   :func:`hpc_proxies.wsjoin.join`. What the VNC server writes in pieces goes on as one
   message when the pieces are already there (:func:`hpc_proxies.wsjoin.coalesced_chunks`).
 
-It used to be a companion process (``python -m hpc_proxies.bridge``): 26 to 29 MiB of
-PSS per desktop for a second Python with aiohttp, which the launcher already has.
+It used to be a companion process: 26 to 29 MiB of PSS per desktop for a second Python
+with aiohttp, which the launcher already has. ``python -m hpc_proxies.bridge`` still
+runs one in a process of its own (the benches' direct path uses it).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -99,3 +102,32 @@ async def serve_bridge(bridge: WebBridge, socket_path: Path) -> RunningBridge:
     running = RunningBridge(bridge)
     await running.start(socket_path)
     return running
+
+
+async def serve_until_signal(bridge: WebBridge, socket_path: Path) -> None:
+    """Serve ``bridge`` on ``socket_path`` until SIGTERM, SIGINT or SIGHUP."""
+    running = await serve_bridge(bridge, socket_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await running.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m hpc_proxies.bridge``: a bridge in a process of its own (the benches'
+    direct path, or an app run by hand); the launcher serves it in-process."""
+    parser = argparse.ArgumentParser(prog="python -m hpc_proxies.bridge", description=__doc__)
+    parser.add_argument("--listen", required=True, type=Path, help="unix socket to serve on")
+    parser.add_argument("--target", required=True, type=Path, help="unix socket to join to")
+    parser.add_argument("--web", required=True, type=Path, help="directory of the web client")
+    parser.add_argument("--index", required=True, help="the client's page, e.g. vnc.html")
+    parser.add_argument("--query", default="", help="query string GET / sends it with")
+    args = parser.parse_args(argv)
+    bridge = WebBridge(args.target, args.web, args.index, args.query)
+    asyncio.run(serve_until_signal(bridge, args.listen))
+
+
+if __name__ == "__main__":
+    main()

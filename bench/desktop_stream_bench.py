@@ -1,28 +1,46 @@
 """Desktops in Chromium: frames/s and the Jupyter server's CPU per MB, direct vs through Jupyter.
 
     .venv/bin/python bench/desktop_stream_bench.py [--apps vnc xpra] [--seconds 10] [--runs 3]
+        [--workload noise|xterm|scroll] [--size 400x300] [--one-message-per-read]
 
-In each desktop a window repaints continuously (a Tk window of 400x300 pixels of
-shifting noise, with /usr/bin/python3's tkinter). Chromium (1280x800) opens the
-desktop two ways, interleaved in one run so the machine's load hits both alike:
+In each desktop a window repaints continuously (``--workload``):
+
+* ``noise``: a Tk window of shifting noise (/usr/bin/python3's tkinter), 400x300 pixels
+  unless ``--size`` says otherwise, as a video or a rotating 3D view;
+* ``xterm``: an xterm of 150x48 printing random hex at full speed (``od``): many
+  small updates, the workload of the first measurement;
+* ``scroll``: an xterm of 150x48 scrolling ``yes | cat -n``.
+
+Chromium (1280x800) opens the desktop two ways, interleaved in one run so the
+machine's load hits both alike:
 
 * direct: the launch's own socket (the VNC bridge, or Xpra) reached over loopback
   TCP through socat, a byte pump in C: the floor. The password goes in the URL,
   which is fine for a bench on loopback and never done by hpc-proxies;
 * through Jupyter: ``/vnc/`` or ``/xpra/``, as a user opens it.
 
-Frames are noVNC's completed framebuffer updates (``Display.flip``) and Xpra's draw
-packets, counted in the page over ``--seconds``. The Jupyter server's CPU
-(utime + stime) is divided by the bytes it sent to the browser over the same window
-(the kernel's TCP counters, ``ss -i``; a direct run sends Jupyter nothing).
+Frames are noVNC's completed framebuffer updates (``Display.flip``; and of those, the
+ones that painted pixels) and Xpra's draw packets, counted in the page over
+``--seconds``, as are the websocket messages the page receives and their bytes. The
+Jupyter server's CPU (utime + stime) is divided by the bytes it sent to the browser
+over the same window (the kernel's TCP counters, ``ss -i``) and by the messages, less
+what it spends while idle (during the direct runs, which pass nothing through it).
+
+``--one-message-per-read`` measures the VNC bridge as it was before
+:func:`hpc_proxies.wsjoin.coalesced_chunks`: one websocket message per ``recv()``.
+The bench puts a ``sitecustomize`` on the Jupyter server's ``PYTHONPATH`` that
+replaces the function in the bridge's process only (or the launcher's, which may run
+the bridge); hpc-proxies has no such switch.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -35,8 +53,8 @@ from common import CHROMIUM, CHROMIUM_ARGS, bench_jupyter, free_port
 # A window whose every pixel changes in every frame, as a video or a rotating 3D view
 # does: a tile of noise, shifted each frame (cheap to make, costly to encode and send).
 REPAINT = """\
-import os, tkinter
-W, H = 400, 300
+import os, sys, tkinter
+W, H = int(sys.argv[1]), int(sys.argv[2])
 noise = os.urandom(W * H * 3 * 2)
 header = b"P6 %d %d 255 " % (W, H)
 root = tkinter.Tk()
@@ -53,22 +71,55 @@ def paint():
 paint()
 root.mainloop()
 """
-WINDOW = "/usr/bin/python3 {script}"
+# Text, as a terminal shows it: many small rectangles in every update.
+HEX = "while :; do od -An -tx1 -N 4096 /dev/urandom; done"
+SCROLL = "yes | cat -n"
+WORKLOADS = {
+    "noise": "/usr/bin/python3 {script} {width} {height}",
+    "xterm": "xterm -geometry 150x48+0+0 -e sh -c " + shlex.quote(HEX),
+    "scroll": "xterm -geometry 150x48+0+0 -e sh -c " + shlex.quote(SCROLL),
+}
 SITE = """
 [apps.vnc]
-session = "exec openbox --startup '{window}'"
+session = {vnc_session}
 [apps.xpra]
-session = "{window}"
+session = {xpra_session}
+"""
+
+# The bridge as it was: one websocket message per recv() (``--one-message-per-read``).
+ONE_MESSAGE_PER_READ = """\
+import os
+from pathlib import Path
+
+# The bridge runs in its own process (python -m hpc_proxies.bridge) or in the launcher's.
+argv = Path("/proc/self/cmdline").read_bytes().split(b"\\0")
+if any(arg in (b"hpc_proxies.bridge", b"hpc_proxies.launcher") for arg in argv):
+    import asyncio
+
+    from hpc_proxies import wsjoin
+
+    async def one_message_per_read(sock, limit=wsjoin.CHUNK):
+        loop = asyncio.get_running_loop()
+        while chunk := await loop.sock_recv(sock, limit):
+            yield chunk
+
+    wsjoin.coalesced_chunks = one_message_per_read
+    (Path(__file__).parent / f"one-message-per-read.{os.getpid()}").touch()
 """
 
 # Websocket messages the page receives (on the page's own thread: noVNC's; Xpra's client
 # may read its websocket in a worker, where this does not reach).
 COUNT_MESSAGES = """
 window.benchMessages = 0;
+window.benchBytes = 0;
 const NativeWebSocket = window.WebSocket;
 window.WebSocket = function (...args) {
     const ws = new NativeWebSocket(...args);
-    ws.addEventListener('message', () => { window.benchMessages += 1; });
+    ws.addEventListener('message', (event) => {
+        window.benchMessages += 1;
+        const data = event.data;
+        window.benchBytes += data.byteLength ?? data.size ?? data.length;
+    });
     return ws;
 };
 window.WebSocket.prototype = NativeWebSocket.prototype;
@@ -83,9 +134,16 @@ VNC_HOOK = """async () => {
     const m = await import('./core/display.js');
     const flip = m.default.prototype.flip;
     window.benchFrames = 0;
-    m.default.prototype.flip = function (...args) {
+    window.benchPainted = 0;
+    m.default.prototype.flip = function (fromQueue, ...rest) {
         window.benchFrames += 1;
-        return flip.apply(this, args);
+        // A flip that shows something now (not queued behind drawing) and has damage:
+        // TigerVNC also sends updates that change no pixel.
+        const d = this._damageBounds;
+        if ((fromQueue || this._renderQ.length === 0) && d.left < d.right && d.top < d.bottom) {
+            window.benchPainted += 1;
+        }
+        return flip.call(this, fromQueue, ...rest);
     };
 }"""
 VNC_READY = """() => {
@@ -142,16 +200,22 @@ async def frames_per_second(url: str, app: str, seconds: float, server) -> dict:
         await page.evaluate(VNC_HOOK if app == "vnc" else XPRA_HOOK)
         await page.wait_for_function("window.benchFrames > 2", timeout=30_000, polling=50)
         cpu0, out0 = cpu_seconds(server.proc.pid), bytes_sent(server.port)
-        counts = "[window.benchFrames, window.benchMessages]"
-        (frames0, messages0), t0 = await page.evaluate(counts), time.monotonic()
+        counts = (
+            "[window.benchFrames, window.benchMessages, window.benchBytes,"
+            " window.benchPainted ?? 0]"
+        )
+        (frames0, messages0, bytes0, painted0), t0 = await page.evaluate(counts), time.monotonic()
         await asyncio.sleep(seconds)
-        (frames1, messages1), t1 = await page.evaluate(counts), time.monotonic()
+        (frames1, messages1, bytes1, painted1), t1 = await page.evaluate(counts), time.monotonic()
         cpu1, out1 = cpu_seconds(server.proc.pid), bytes_sent(server.port)
         await browser.close()
     return {
         "fps": (frames1 - frames0) / (t1 - t0),
+        "painted": (painted1 - painted0) / (t1 - t0),
         "messages": (messages1 - messages0) / (t1 - t0),
+        "kb_per_message": (bytes1 - bytes0) / 1e3 / max(messages1 - messages0, 1),
         "cpu_s": cpu1 - cpu0,
+        "messages_total": messages1 - messages0,
         "mb": (out1 - out0) / 1e6,
     }
 
@@ -161,7 +225,7 @@ def socat(port: int, socket: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
         [
             "socat",
-            f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+            f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay",
             f"UNIX-CONNECT:{socket}",
         ],
         stdout=subprocess.DEVNULL,
@@ -198,31 +262,51 @@ def bench_app(server, app: str, runs: int, seconds: float) -> None:
     finally:
         pump.terminate()
         pump.wait()
-    direct = statistics.median(r["fps"] for r in results["direct"])
-    proxied = statistics.median(r["fps"] for r in results["jupyter"])
-    cpu_per_mb = statistics.median(
-        1000 * r["cpu_s"] / r["mb"] for r in results["jupyter"] if r["mb"] > 0
-    )
-    mb_per_s = statistics.median(r["mb"] / seconds for r in results["jupyter"])
+    report_stream(app, results, seconds)
+
+
+def report_stream(app: str, results: dict[str, list[dict]], seconds: float) -> None:
+    """Frames/s of both paths and their ratio; the messages as the page received them;
+    the Jupyter server's CPU per MB and per message it passed on."""
+
+    def median(path: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[path])
+
+    direct, proxied = median("direct", "fps"), median("jupyter", "fps")
     print(f"{app}: frames/s direct {direct:.1f}, through Jupyter {proxied:.1f}", end="")
     print(f"; ratio x{proxied / direct:.2f}")
     print(f"  runs: direct {[round(r['fps'], 1) for r in results['direct']]}", end="")
     print(f", through Jupyter {[round(r['fps'], 1) for r in results['jupyter']]}")
-    print(f"  Jupyter server: {cpu_per_mb:.0f} ms CPU per MB, {mb_per_s:.2f} MB/s to the browser")
-    for path, rows in results.items():
-        rate = statistics.median(r["messages"] for r in rows)
-        if rate:
-            size = (
-                statistics.median(
-                    r["mb"] * 1e3 / (r["messages"] * seconds) for r in rows if r["messages"]
-                )
-                if path == "jupyter"
-                else None
-            )
-            print(
-                f"  {path}: {rate:.0f} websocket messages/s"
-                + (f", {size:.1f} KB each" if size else "")
-            )
+    if app == "vnc":
+        painted_direct, painted_jupyter = median("direct", "painted"), median("jupyter", "painted")
+        print(
+            f"  of which painted something: direct {painted_direct:.1f}/s, "
+            f"through Jupyter {painted_jupyter:.1f}/s; "
+            f"ratio x{painted_jupyter / painted_direct:.2f}"
+        )
+    for path in results:
+        print(
+            f"  {path}: {median(path, 'messages'):.0f} websocket messages/s, "
+            f"{median(path, 'kb_per_message'):.1f} KB each"
+        )
+    # The Jupyter server's own CPU while it passes nothing on (during the direct runs)
+    # is subtracted: what is left is what the stream costs it.
+    idle = statistics.median(r["cpu_s"] / seconds for r in results["direct"])
+    jupyter = [r for r in results["jupyter"] if r["mb"] > 0 and r["messages_total"]]
+    if jupyter:
+        cpu = statistics.median(r["cpu_s"] / seconds for r in jupyter)
+        for r in jupyter:
+            r["stream_cpu_s"] = max(r["cpu_s"] - idle * seconds, 0)
+        per_mb = statistics.median(1000 * r["stream_cpu_s"] / r["mb"] for r in jupyter)
+        per_message = statistics.median(
+            1e6 * r["stream_cpu_s"] / r["messages_total"] for r in jupyter
+        )
+        mb_per_s = statistics.median(r["mb"] / seconds for r in jupyter)
+        print(
+            f"  Jupyter server: {cpu:.0%} of a core ({idle:.0%} while idle), "
+            f"{mb_per_s:.2f} MB/s to the browser; for the stream {per_mb:.0f} ms CPU per MB, "
+            f"{per_message:.0f} us per message"
+        )
 
 
 def main() -> None:
@@ -230,6 +314,13 @@ def main() -> None:
     parser.add_argument("--apps", nargs="+", default=["vnc", "xpra"], choices=["vnc", "xpra"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--workload", default="noise", choices=sorted(WORKLOADS))
+    parser.add_argument("--size", default="400x300", help="the noise window's WIDTHxHEIGHT")
+    parser.add_argument(
+        "--one-message-per-read",
+        action="store_true",
+        help="the VNC bridge as before coalesced_chunks (for before/after figures)",
+    )
     args = parser.parse_args()
     if shutil.which("socat") is None:
         raise SystemExit("socat is needed for the direct path: apt install socat")
@@ -237,11 +328,23 @@ def main() -> None:
         script = Path(tmp) / "repaint.py"
         script.write_text(REPAINT)
         site = Path(tmp) / "site.toml"
-        site.write_text(SITE.format(window=WINDOW.format(script=script)))
+        width, height = args.size.split("x")
+        window = WORKLOADS[args.workload].format(script=script, width=width, height=height)
+        vnc_session = "exec openbox --startup " + shlex.quote(window)
+        site.write_text(
+            SITE.format(vnc_session=json.dumps(vnc_session), xpra_session=json.dumps(window))
+        )
         os.environ["HPC_PROXIES_CONFIG"] = str(site)
+        if args.one_message_per_read:
+            (Path(tmp) / "sitecustomize.py").write_text(ONE_MESSAGE_PER_READ)
+            path = [tmp, os.environ.get("PYTHONPATH", "")]
+            os.environ["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
+        print(f"workload {args.workload}: {window}")
         with bench_jupyter() as server:
             for app in args.apps:
                 bench_app(server, app, args.runs, args.seconds)
+        if args.one_message_per_read and not list(Path(tmp).glob("one-message-per-read.*")):
+            raise SystemExit("--one-message-per-read: no bridge was patched")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/desktop_stream_bench.py [--apps vnc xpra] [--seconds 10] [--runs 3]
         [--workload noise|xterm|scroll] [--size 400x300] [--one-message-per-read]
+        [--slow-browser KB_PER_S]
 
 In each desktop a window repaints continuously (``--workload``):
 
@@ -26,6 +27,13 @@ Jupyter server's CPU (utime + stime) is divided by the bytes it sent to the brow
 over the same window (the kernel's TCP counters, ``ss -i``) and by the messages, less
 what it spends while idle (during the direct runs, which pass nothing through it).
 
+``--slow-browser 250`` is the guard for a browser on a slow link: both paths go through
+a relay that passes at most 250 KB/s toward the browser (with small socket buffers, so
+the sender feels it), and the bench reports how the Jupyter server's and the
+launcher's memory (RSS) grow meanwhile. jupyter-server-proxy does not wait for the
+browser before it reads the next websocket message; what bounds it for the desktops is
+their protocols (RFB's update requests, Xpra's acks).
+
 ``--one-message-per-read`` measures the VNC bridge as it was before
 :func:`hpc_proxies.wsjoin.coalesced_chunks`: one websocket message per ``recv()``.
 The bench puts a ``sitecustomize`` on the Jupyter server's ``PYTHONPATH`` that
@@ -37,11 +45,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
+import socket as socket_module
 import statistics
 import subprocess
 import tempfile
@@ -220,6 +230,126 @@ async def frames_per_second(url: str, app: str, seconds: float, server) -> dict:
     }
 
 
+#: Socket buffers of the slow relay: small, so a slow browser holds back its sender.
+RELAY_BUFFER = 64 * 1024
+
+
+async def slow_relay(listen_port: int, upstream_port: int, bytes_per_s: float) -> asyncio.Server:
+    """Loopback TCP from the browser to ``upstream_port``, passing at most
+    ``bytes_per_s`` toward the browser on each connection (a slow link)."""
+
+    async def toward_browser(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        start, sent = loop.time(), 0
+        with contextlib.suppress(ConnectionError):  # an end went away: the connection is over
+            while data := await reader.read(16 * 1024):
+                writer.write(data)
+                await writer.drain()
+                sent += len(data)
+                ahead = sent / bytes_per_s - (loop.time() - start)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)  # the link's pace, not a wait for a condition
+
+    async def toward_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):  # an end went away: the connection is over
+            while data := await reader.read(64 * 1024):
+                writer.write(data)
+                await writer.drain()
+
+    async def connection(browser_r: asyncio.StreamReader, browser_w: asyncio.StreamWriter):
+        sock = socket_module.socket()
+        sock.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_RCVBUF, RELAY_BUFFER)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", upstream_port))
+        server_r, server_w = await asyncio.open_connection(sock=sock, limit=RELAY_BUFFER)
+        browser_w.get_extra_info("socket").setsockopt(
+            socket_module.SOL_SOCKET, socket_module.SO_SNDBUF, RELAY_BUFFER
+        )
+        directions = [
+            asyncio.ensure_future(toward_browser(server_r, browser_w)),
+            asyncio.ensure_future(toward_server(browser_r, server_w)),
+        ]
+        try:
+            await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for direction in directions:
+                direction.cancel()
+            browser_w.close()
+            server_w.close()
+
+    return await asyncio.start_server(connection, "127.0.0.1", listen_port)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def behind_a_slow_link(url: str, app: str, seconds: float, pids: dict[str, int]) -> dict:
+    """Open ``url`` (through the slow relay) until the desktop draws, then watch for
+    ``seconds``: frames/s, and each process's RSS at the start, its peak, and at the end."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = await browser.new_page(viewport={"width": 1280, "height": 800})
+        await page.goto(url, timeout=120_000)
+        await page.wait_for_function(
+            VNC_READY if app == "vnc" else XPRA_READY, timeout=120_000, polling=200
+        )
+        await page.evaluate(VNC_HOOK if app == "vnc" else XPRA_HOOK)
+        start = {name: rss_mib(pid) for name, pid in pids.items()}
+        peak = dict(start)
+        frames0, t0 = await page.evaluate("window.benchFrames"), time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            await asyncio.sleep(0.5)  # a sampling interval
+            for name, pid in pids.items():
+                peak[name] = max(peak[name], rss_mib(pid))
+        frames1, t1 = await page.evaluate("window.benchFrames"), time.monotonic()
+        end = {name: rss_mib(pid) for name, pid in pids.items()}
+        await browser.close()
+    return {"fps": (frames1 - frames0) / (t1 - t0), "start": start, "peak": peak, "end": end}
+
+
+def bench_slow_browser(server, app: str, kb_per_s: float, seconds: float) -> None:
+    """Both paths behind the slow relay: what the Jupyter server and the launcher (which
+    serves VNC's websocket) hold meanwhile."""
+    server.wait_for_app(f"/{app}/")
+    socket, password = launch_socket(server, app)
+    pids = {"Jupyter server": server.proc.pid, "launcher": server.launcher_pid(app)}
+    socat_port, relay_port = free_port(), free_port()
+    pump = socat(socat_port, socket)
+
+    async def run(path: str) -> dict:
+        upstream = socat_port if path == "direct" else server.port
+        relay = await slow_relay(relay_port, upstream, kb_per_s * 1000)
+        try:
+            if path == "direct":
+                url = direct_url(app, relay_port, password)
+            else:
+                url = f"http://127.0.0.1:{relay_port}/{app}/?token={server.token}"
+            return await behind_a_slow_link(url, app, seconds, pids)
+        finally:
+            relay.close()
+
+    try:
+        results = {path: asyncio.run(run(path)) for path in ("direct", "jupyter")}
+    finally:
+        pump.terminate()
+        pump.wait()
+    print(f"{app} behind a {kb_per_s:.0f} KB/s link for {seconds:.0f} s")
+    for path, result in results.items():
+        start, peak, end = result["start"], result["peak"], result["end"]
+        growth = ", ".join(
+            f"{name} {start[name]:.1f} MiB, peak {peak[name] - start[name]:+.1f},"
+            f" end {end[name] - start[name]:+.1f}"
+            for name in pids
+        )
+        print(f"  {path}: {result['fps']:.1f} frames/s; RSS {growth}")
+
+
 def socat(port: int, socket: Path) -> subprocess.Popen:
     """Loopback TCP to the launch socket: the direct path."""
     proc = subprocess.Popen(
@@ -321,6 +451,12 @@ def main() -> None:
         action="store_true",
         help="the VNC bridge as before coalesced_chunks (for before/after figures)",
     )
+    parser.add_argument(
+        "--slow-browser",
+        type=float,
+        metavar="KB_PER_S",
+        help="instead of frames/s: memory with the browser behind a link this slow",
+    )
     args = parser.parse_args()
     if shutil.which("socat") is None:
         raise SystemExit("socat is needed for the direct path: apt install socat")
@@ -342,7 +478,10 @@ def main() -> None:
         print(f"workload {args.workload}: {window}")
         with bench_jupyter() as server:
             for app in args.apps:
-                bench_app(server, app, args.runs, args.seconds)
+                if args.slow_browser:
+                    bench_slow_browser(server, app, args.slow_browser, args.seconds)
+                else:
+                    bench_app(server, app, args.runs, args.seconds)
         if args.one_message_per_read and not list(Path(tmp).glob("one-message-per-read.*")):
             raise SystemExit("--one-message-per-read: no bridge was patched")
 

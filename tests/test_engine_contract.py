@@ -257,3 +257,76 @@ def test_jupyter_server_accepts_a_router_without_methods():
     from hpc_proxies.jupyter.api import InstanceRouter
 
     assert ServerWebApplication._check_handler_auth(None, "/x@y/", InstanceRouter) == []
+
+
+# ---------------------------------------------------------------- large bodies
+# hpc_proxies/jupyter/streaming.py streams large responses in front of jupyter-server-
+# proxy's handlers. These tests fail when an upgrade makes that unnecessary (the engine
+# streams on its own, without the 100 MiB limit, with backpressure) or breaks the hook
+# (``_proxy_buffered``, its arguments, its use of the client it is given): then revisit
+# StreamingMixin, or drop it, rather than patch the test.
+
+
+def test_the_stock_handler_buffers_every_body_unless_the_request_wants_an_event_stream():
+    """Why StreamingMixin exists: ``proxy`` streams (``_proxy_progressive``) only for
+    ``Accept: text/event-stream`` exactly; everything else is ``_proxy_buffered``, which
+    fetches the whole body (no streaming_callback) before it sends a byte. It is also
+    the hook: called with the client it should fetch with, which our mixin replaces."""
+    from jupyter_server_proxy.handlers import ProxyHandler
+
+    proxy = inspect.getsource(ProxyHandler.proxy)
+    assert 'if accept_header == "text/event-stream":' in proxy
+    assert "return await self._proxy_buffered(host, port, proxied_path, body, client)" in proxy
+    buffered = inspect.getsource(ProxyHandler._proxy_buffered)
+    assert "streaming_callback" not in buffered
+    assert "response = await client.fetch(req, raise_error=False)" in buffered
+    assert list(inspect.signature(ProxyHandler._proxy_buffered).parameters) == [
+        "self",
+        "host",
+        "port",
+        "proxied_path",
+        "body",
+        "client",
+    ]
+
+
+async def test_the_stock_unix_socket_client_refuses_a_body_over_100_mib(tmp_path):
+    """Why StreamingMixin fetches with a client of its own (``max_body_size``): the one
+    jupyter-server-proxy makes for a unix socket keeps tornado's default of 100 MiB, so
+    a larger body is a 599 in both of its modes (measured: at once, before any byte)."""
+    from jupyter_server_proxy.unixsock import UnixResolver
+    from tornado import httpclient
+    from tornado.simple_httpclient import SimpleAsyncHTTPClient
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nxyz" % (100 * 2**20 + 1))
+        await writer.drain()
+        writer.close()
+
+    path = str(tmp_path / "socket")
+    server = await asyncio.start_unix_server(answer, path)
+    client = SimpleAsyncHTTPClient(force_instance=True, resolver=UnixResolver(path))
+    try:
+        assert (client.max_body_size or client.max_buffer_size) == 100 * 2**20
+        with pytest.raises(httpclient.HTTPError) as refused:
+            await client.fetch("http://localhost/", raise_error=False)
+        assert refused.value.code == 599
+    finally:
+        client.close()
+        server.close()
+
+
+def test_the_stock_handlers_flush_drops_the_future_that_would_be_backpressure():
+    """Why StreamingMixin calls tornado's own ``RequestHandler.flush``: the engine's
+    WebSocketHandlerMixin puts a wrapper of ``flush`` on each handler that returns
+    None, so nothing can wait for the browser through it (its event-stream mode does
+    not: it writes whatever the app sends, as fast as the app sends it)."""
+    from jupyter_server_proxy.handlers import ProxyHandler
+    from jupyter_server_proxy.websocket import WebSocketHandlerMixin
+
+    init = inspect.getsource(WebSocketHandlerMixin.__init__)
+    assert '"flush",' in init
+    assert "                getattr(nextparent, method)(self, *args2, **kwargs2)\n" in init
+    progressive = inspect.getsource(ProxyHandler._proxy_progressive)
+    assert "            self.write(chunk)\n            self.flush()\n" in progressive

@@ -14,6 +14,11 @@ changes under us):
   is a single GET with any status: the per-launch supervisor (``hpc_proxies.launcher``)
   owns that directory, answers at once with a progress page, and removes it at exit.
 
+jupyter-server-proxy buffers every response body (and fails one over 100 MiB): its
+handler classes for our apps get :class:`~.streaming.StreamingMixin` in front, which
+streams the large responses no rewrite hook needs (:func:`instance_handler`, and
+:func:`stream_first_instances` for the class it registers at ``/<app>/`` itself).
+
 It also holds what the Jupyter side does for apps in their responses (``rewrite_response``):
 the launch secret put into the entry page, redirects to another host made to point
 here, and a URL parameter chosen while the app runs passed on to its launcher.
@@ -37,8 +42,13 @@ import os
 import socket
 import sys
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from jupyter_server.utils import url_path_join
+from tornado.routing import Rule
+from tornado.web import Application
 
 from .. import config, pages
 from ..apps import icon_path
@@ -46,6 +56,7 @@ from ..layout import LaunchLayout
 from ..origins import request_origin
 from ..runtime import read_secret
 from ..spec import AppSpec
+from .streaming import streaming_handler
 
 #: Under the server's "ServerApp" logger, so messages land in the Jupyter log.
 log = logging.getLogger("ServerApp.hpc_proxies")
@@ -135,6 +146,22 @@ def redirect_to_this_host(location: str, host: str) -> str | None:
     return urlunsplit(("", host, parsed.path or "/", parsed.query, parsed.fragment))
 
 
+def unchanged(request_headers, response_headers) -> bool:
+    """Whether a revalidation (``If-None-Match``, else ``If-Modified-Since``) names the
+    very version the app has just sent whole. Only an identical ``Last-Modified`` counts,
+    not an earlier one: after a downgrade the older file is new to the browser. Never a
+    response the app says not to store (the entry page with the launch password)."""
+    if "no-store" in response_headers.get("Cache-Control", ""):
+        return False
+    if_none_match = request_headers.get("If-None-Match")
+    if if_none_match is not None:
+        etag = response_headers.get("ETag", "").removeprefix("W/")
+        tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+        return bool(etag) and (etag in tags or "*" in tags)
+    since = request_headers.get("If-Modified-Since", "").strip()
+    return bool(since) and since == response_headers.get("Last-Modified", "").strip()
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
     """HTTP to a server on a unix socket (the supervisor's control API)."""
 
@@ -191,6 +218,15 @@ def _replace_body(response, code: int, body: bytes, content_type: str | None) ->
 MANAGER_SETTING = "hpc_proxies_instances"
 #: The name of an app's first instance, the one at ``/<app>/``.
 DEFAULT_INSTANCE = "default"
+
+
+def rewritten_paths(app: AppSpec) -> frozenset[str]:
+    """The paths whose responses our rewrite hooks may change, besides redirects: the
+    entry pages, for the launch secret and URL parameters. Any other large response is
+    streamed (:mod:`.streaming`)."""
+    if app.page_script is None and not app.parameters:
+        return frozenset()
+    return frozenset(app.html_paths)
 
 
 def url_name(app: str, instance: str) -> str:
@@ -282,6 +318,18 @@ class AppServerProxy:
         if fixed is not None:
             response.headers["Location"] = fixed
 
+    def answer_unchanged(self, request, response) -> None:
+        """A file the browser revalidates and the app sent whole again, unchanged,
+        goes to the browser as 304 without its body (``AppSpec.answer_unchanged``)."""
+        if request.method not in ("GET", "HEAD") or response.code != 200:
+            return
+        if unchanged(request.headers, response.headers):
+            response.code = 304
+            response.body = b""
+            for header in ("Content-Encoding", "Content-Type"):
+                if header in response.headers:
+                    del response.headers[header]
+
     def pass_parameters_on(self, request, response, path: str) -> None:
         """A URL parameter chosen while the app runs (``?logdir=DIR``) goes to the
         supervisor, with where the request came from (``request_origin``): the app is
@@ -358,6 +406,12 @@ class AppServerProxy:
                 self.pass_parameters_on(request, response, path)
 
             rewrites.append(pass_parameters_on)
+        if self.app.answer_unchanged:  # last: after the entry page got no-store
+
+            def answer_unchanged(request, response):
+                self.answer_unchanged(request, response)
+
+            rewrites.append(answer_unchanged)
         if rewrites:
             server["rewrite_response"] = rewrites if len(rewrites) > 1 else rewrites[0]
         return validate_server_process(self.app.name, server)
@@ -373,7 +427,38 @@ def instance_handler(proxy: AppServerProxy) -> tuple[type, dict]:
     handler, kwargs = server.make_proxy_handler()
     if handler is None or set(kwargs) != {"state"}:
         raise InvalidServerProcess(f"jupyter-server-proxy made no handler for {proxy.url_name}")
-    return handler, kwargs["state"]
+    return streaming_handler(handler, rewritten_paths(proxy.app)), kwargs["state"]
+
+
+def _rules(router: object) -> Iterator[Rule]:
+    """Every rule of a tornado router, and of the routers it holds, depth first."""
+    for rule in getattr(router, "rules", ()):
+        yield rule
+        yield from _rules(rule.target)
+
+
+def stream_first_instances(web_app: Application, apps: dict[str, AppSpec]) -> list[str]:
+    """Put the streaming mixin in front of the handler class jupyter-server-proxy
+    registered for each app's first instance (``/<app>/``, from our entry points), in
+    every rule that routes to it; the names of the apps done. Run once every server
+    extension has added its routes and before the server takes requests (then the
+    rule's state dict, the first instance's, stays jupyter-server-proxy's own)."""
+    from jupyter_server_proxy.handlers import SuperviseAndProxyHandler
+
+    base = web_app.settings["base_url"]
+    patterns = {url_path_join(base, name, "(.*)") + "$": name for name in apps}
+    done = set()
+    for rule in [*_rules(web_app.default_router), *_rules(web_app.wildcard_router)]:
+        name = patterns.get(getattr(getattr(rule.matcher, "regex", None), "pattern", ""))
+        target = rule.target
+        if name is None or not isinstance(target, type):
+            continue
+        if issubclass(target, SuperviseAndProxyHandler):
+            rule.target = streaming_handler(target, rewritten_paths(apps[name]))
+            done.add(name)
+    for name in sorted(set(apps) - done):
+        log.warning("%s: no route of jupyter-server-proxy's to stream through", name)
+    return sorted(done)
 
 
 def server_process(app: AppSpec, site: config.SiteConfig | None = None) -> dict:

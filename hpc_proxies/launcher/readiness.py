@@ -22,11 +22,38 @@ async def http_answers(socket_path: Path, path: str, timeout: float) -> bool:
         writer.write(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), timeout)
-        return line.startswith(b"HTTP/")
+        if line.startswith(b"HTTP/"):
+            await drain_briefly(reader)
+            return True
+        return False
     except (OSError, asyncio.TimeoutError):
         return False
     finally:
         writer.close()
+
+
+#: What the readiness probe reads of an answer after its status line, at most.
+DRAIN_BYTES = 256 * 1024
+DRAIN_SECONDS = 1.0
+
+
+async def drain_briefly(reader: asyncio.StreamReader) -> None:
+    """Read the rest of an HTTP/1.0 answer (the app then closes), up to DRAIN_BYTES or
+    DRAIN_SECONDS: a probe that hung up after the status line made apps that write
+    their body in a second write fail with a broken pipe (and log a traceback)."""
+    left = DRAIN_BYTES
+    deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
+    while left > 0:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return
+        try:
+            chunk = await asyncio.wait_for(reader.read(min(left, 65536)), remaining)
+        except (OSError, asyncio.TimeoutError):
+            return  # the answer was seen; the rest does not matter
+        if not chunk:
+            return
+        left -= len(chunk)
 
 
 async def greets(socket_path: Path, banner: bytes, timeout: float) -> bool:

@@ -64,14 +64,19 @@ def home_and_base(owner: LocalUser) -> Iterator[tuple[Path, Path]]:
         shutil.rmtree(base)
 
 
+#: Caches whose contents vary (a key per installed version): listed as the directory.
+CACHES = ("~/.cache/hpc-proxies/web-roots/",)
+
+
 def listing(home: Path) -> set[str]:
     """Every file and empty directory (with a trailing ``/``) below ``home``, relative to
-    it, as ``~/...``."""
-    return {
+    it, as ``~/...``; anything in one of ``CACHES`` as that cache."""
+    found = {
         f"~/{path.relative_to(home)}" + ("/" if path.is_dir() else "")
         for path in home.rglob("*")
         if not path.is_dir() or path.is_symlink() or not any(path.iterdir())
     }
+    return {next((c for c in CACHES if name.startswith(c)), name) for name in found}
 
 
 async def xpra_session(url: str, password: str, headers: dict[str, str]) -> str:
@@ -125,7 +130,8 @@ def use_vnc(server: JupyterServer) -> None:
 #: each is named in docs/apps/<app>.md. VNC's are the default session's: openbox, the
 #: window manager, keeps its log there (its programs see the real home, as they should).
 EXPECTED: dict[str, set[str]] = {
-    "xpra": set(),
+    # The HTML5 client's files compressed once, per installed version (hpc_proxies.webroot).
+    "xpra": {"~/.cache/hpc-proxies/web-roots/"},
     "vnc": {"~/.cache/openbox/openbox.log", "~/.cache/openbox/sessions/"},
 }
 

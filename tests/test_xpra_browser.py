@@ -25,6 +25,7 @@ from browser import (
     Stats,
     chromium,
     differing,
+    log_in,
     log_tail,
     looks_like_background,
     looks_like_xpra_xterm,
@@ -215,3 +216,60 @@ def run_scenario(jupyter, context, lab: Page, tag, requested, responses) -> None
     assert not [u for u in urls if secret in u], "the Xpra secret appeared in a URL"
     assert not [u for u in (tab1.url, tab2.url) if "password" in u.lower()], (tab1.url, tab2.url)
     assert not [u for u in requested if "password=" in u.lower()], "a request carried password="
+
+
+# ---------------------------------------------------------------- a reload
+def client_files(responses: list) -> list:
+    """The HTML5 client's own files among ``responses`` (not the entry page, whose
+    path is ``/xpra/``: our progress page, then Xpra's index.html with the password)."""
+    return [
+        r
+        for r in responses
+        if urlsplit(r.url).path.startswith("/xpra/") and urlsplit(r.url).path != "/xpra/"
+    ]
+
+
+def test_a_reload_revalidates_the_client_files_and_downloads_none_again(jupyter):
+    """The client's files come compressed and cacheable (``private, no-cache``): a
+    reload asks for the entry page again (``no-store``, a new copy of the password,
+    never in a URL) and only revalidates each file, which the Jupyter server answers
+    304 without a body (Xpra itself never does); the xterm is drawn again (checked on
+    the screenshots)."""
+    responses: list = []
+    requested: list[str] = []
+    with chromium("xpra-reload-failure") as context:
+        page = context.new_page()
+        log_in(page, jupyter)
+        page.on("response", lambda response: responses.append(response))
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(f"{jupyter.url}/xpra/")
+        box, shot = wait_for_xpra_xterm(page, "reload-first", jupyter)
+        assert_xterm_pixels(shot, box, "reload-first")
+        first = client_files(responses)
+        assert len(first) >= 30, [r.url for r in first]
+        for response in first:
+            assert response.status == 200, (response.url, response.status)
+            assert response.headers.get("cache-control") == "private, no-cache", response.url
+            assert response.headers.get("last-modified"), response.url
+        script = next(r for r in first if r.url.endswith("/js/lib/forge.js"))
+        assert script.headers.get("content-encoding") == "gzip"
+        assert 100_000 < script.request.sizes()["responseBodySize"] < 400_000  # of 876 kB
+
+        responses.clear()
+        page.reload()
+        box, shot = wait_for_xpra_xterm(page, "reload-again", jupyter)
+        assert_xterm_pixels(shot, box, "reload-again")
+        again = client_files(responses)
+        assert {r.url for r in again} >= {r.url for r in first if r.url.endswith(".js")}
+        # Nothing downloaded again: the page's requests are answered 304; its worker's
+        # (Protocol.js and what it imports) Chrome reports as 200, from its cache.
+        downloaded = [(r.url, r.request.sizes()["responseBodySize"]) for r in again]
+        assert not [(url, size) for url, size in downloaded if size], downloaded
+        assert sum(r.status == 304 for r in again) >= 30, [(r.url, r.status) for r in again]
+        entry = [r for r in responses if urlsplit(r.url).path == "/xpra/"]
+        assert [r.status for r in entry] == [200], entry
+        assert entry[0].headers.get("cache-control") == "no-store"
+        assert page.evaluate("() => sessionStorage.getItem('password')") is None
+
+    secret = (jupyter.runtime_dir("xpra") / "app" / "secret").read_text().strip()
+    assert not [u for u in requested if secret in u or "password" in u.lower()]

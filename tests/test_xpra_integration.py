@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +16,12 @@ from urllib.parse import urlparse
 
 import aiohttp
 import pytest
-from conftest import start_jupyter
+from conftest import jupyter_with_site, start_jupyter
 from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, environ_of, find_process
 from waiting import until
 from xpra_wire import handshake, xpra_ws_handshake
 
-from hpc_proxies import procs
+from hpc_proxies import procs, webroot
 
 
 def xpra_ready(server) -> None:
@@ -222,3 +224,108 @@ def test_xpra_runs_with_two_malloc_arenas_so_connections_do_not_grow_it(shared_j
     xpra_ready(shared_jupyter)
     xpra = find_process(session_pids(shared_jupyter), "xpra")
     assert environ_of(xpra)["MALLOC_ARENA_MAX"] == "2"
+
+
+# ---------------------------------------------------------------- the client's files
+XPRA_WWW = Path("/usr/share/xpra/www")
+
+
+def body_of(resp) -> bytes:
+    return (
+        gzip.decompress(resp.body) if resp.headers.get("Content-Encoding") == "gzip" else resp.body
+    )
+
+
+def test_the_client_is_served_compressed_once_and_revalidated_through_jupyter(tmp_path):
+    """Xpra serves a web root derived from its installed client, from the user's cache:
+    every installed file reachable through Jupyter, as it is installed, gzip copies
+    made once; the files cacheable but revalidated (304 when unchanged), the entry
+    page with the launch password never stored."""
+    cache = tmp_path / "cache"
+    with jupyter_with_site(tmp_path, env_update={"XDG_CACHE_HOME": str(cache)}) as server:
+        xpra_ready(server)
+        app_dir = server.runtime_dir("xpra") / "app"
+        argv = cmdline(find_process(session_pids(server), "/usr/bin/xpra"))
+        assert f"--html={app_dir}/web/www" in argv, argv
+        tree = (app_dir / "web").resolve()
+        assert tree.parent == cache / "hpc-proxies" / "web-roots"
+        assert stat.S_IMODE(tree.stat().st_mode) == 0o700
+        assert stat.S_IMODE(tree.parent.parent.stat().st_mode) == 0o700
+
+        gz = {"Accept-Encoding": "gzip, deflate"}
+        for relative, real in webroot.installed_files(XPRA_WWW):
+            resp = server.request(f"/xpra/{relative}", headers=gz)
+            assert resp.status == 200, relative
+            if relative != "index.html":  # the entry page gets the password: below
+                assert body_of(resp) == real.read_bytes(), relative
+            assert resp.headers.get("Last-Modified"), relative
+
+        script = server.request("/xpra/js/lib/forge.js", headers=gz)
+        assert script.headers["Content-Encoding"] == "gzip"
+        assert script.body == (tree / "www/js/lib/forge.js.gz").read_bytes()
+        assert script.headers["Cache-Control"] == "private, no-cache"
+        since = {**gz, "If-Modified-Since": script.headers["Last-Modified"]}
+        unchanged = server.request("/xpra/js/lib/forge.js", headers=since)
+        assert (unchanged.status, unchanged.body) == (304, b"")
+        assert unchanged.headers["Last-Modified"] == script.headers["Last-Modified"]
+        older = {**gz, "If-Modified-Since": "Thu, 01 Jan 2015 00:00:00 GMT"}
+        assert server.request("/xpra/js/lib/forge.js", headers=older).status == 200
+
+        secret = secret_of(server)
+        for path in ("/xpra/", "/xpra/index.html"):
+            page = server.request(path, headers=since)  # a browser revalidating the page
+            assert page.status == 200 and page.headers["Cache-Control"] == "no-store", path
+            assert "Content-Encoding" not in page.headers
+            assert page.text.count(secret) == 1, path
+
+
+# ---------------------------------------------------------------- OpenGL, and what Xpra loads
+def x_extensions(server) -> list[str]:
+    """The X server's extensions, as a program in the desktop sees them."""
+    display, xauthority = session_display(server)
+    info = subprocess.run(
+        ["xdpyinfo", "-display", display],
+        env={"PATH": "/usr/bin", "XAUTHORITY": xauthority},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    listed = info.split("number of extensions:", 1)[1].split("default screen number")[0]
+    return listed.split()[1:]
+
+
+def mapped_files(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_opengl_is_in_the_desktop_but_xpra_loads_no_mesa_and_no_unused_video(shared_jupyter):
+    xpra_ready(shared_jupyter)
+    pids = session_pids(shared_jupyter)
+    assert "GLX" in x_extensions(shared_jupyter)
+    xpra = find_process(pids, "xpra")
+    # Xpra loads its video encoders in a thread once it is up.
+    until(lambda: "enc_x264" in mapped_files(xpra), 30, "Xpra's x264 encoder loaded")
+    maps = mapped_files(xpra)
+    assert "libLLVM" not in maps and "libGLX_mesa" not in maps
+    for unused in ("enc_ffmpeg", "/vpx/", "enc_x265", "dec_avcodec2", "libavcodec"):
+        assert unused not in maps, unused
+    assert environ_of(xpra)["GDK_GL"] == "disable"
+    # The session's programs get the user's values, not Xpra's.
+    xterm = environ_of(find_process(pids, "xterm"))
+    for name in ("GDK_GL", "MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"):
+        assert xterm.get(name) == os.environ.get(name), name
+
+
+def test_a_site_turns_opengl_off_and_the_x_server_loads_no_mesa(tmp_path):
+    site = tmp_path / "site.toml"
+    site.write_text("[apps.xpra]\nglx = false\n")
+    server = start_jupyter(tmp_path, {"HPC_PROXIES_CONFIG": str(site)})
+    try:
+        xpra_ready(server)
+        assert "GLX" not in x_extensions(server)
+        assert "Composite" in x_extensions(server)
+        xvfb = find_process(session_pids(server), "Xvfb")
+        assert "-extension GLX" in " ".join(cmdline(xvfb))
+        assert "libLLVM" not in mapped_files(xvfb)
+    finally:
+        server.stop_all()

@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 
 from ..pages import render_template, static_text
 from ..runtime import read_secret, stand_in_home, write_private_file
-from ..spec import SCREEN_SIZE, AppSpec, Launch, Requirement, Setting, WebBridge
+from ..spec import SCREEN_SIZE, AppSpec, Launch, Requirement, Setting, WebBridge, glx_setting
 from ..xdisplay import desktop_script, write_xauthority
 
 VNCSERVER = "vncserver"
@@ -256,14 +256,7 @@ APP = AppSpec(
             pattern=SCREEN_SIZE,
         ),
         Setting("depth", int, 24, "Colour depth in bits.", choices=(16, 24, 32)),
-        Setting(
-            "glx",
-            bool,
-            True,
-            "OpenGL (GLX) in the desktop, rendered in software (Mesa's llvmpipe). Set it "
-            "to false where no one runs OpenGL programs in a VNC desktop: the X server "
-            "then takes about 13 MiB instead of 66 (PSS, one desktop alone).",
-        ),
+        glx_setting("a VNC desktop", with_glx=66, without=13),
         Setting(
             "novnc_dir",
             str,

@@ -20,9 +20,10 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
+from .. import webroot
 from ..pages import render_template, static_text
-from ..runtime import stand_in_home, write_private_file
-from ..spec import SCREEN_SIZE, AppSpec, Launch, Requirement, Setting
+from ..runtime import ENV, stand_in_home, write_private_file
+from ..spec import SCREEN_SIZE, AppSpec, Launch, Requirement, Setting, glx_setting
 
 #: Config keys of Xpra's system files that would start programs we did not ask for.
 #: Debian's /etc/xpra/conf.d/60_server.conf adds ``start=/etc/X11/Xsession true``, and
@@ -41,28 +42,57 @@ DEFAULT_XVFB = (
     "-nolisten tcp -noreset -auth $XAUTHORITY"
 )
 _XVFB_SCREEN = re.compile(r"(-screen\s+0\s+)\d+x\d+")
+_PLUS_GLX = re.compile(r"\s\+extension\s+GLX(?=\s|$)")
+#: Appended to the X server's command (Xvfb and Xorg alike) for a desktop without
+#: OpenGL: the server then never loads Mesa's software renderer (libLLVM), 52 MiB of
+#: Xvfb's 76 in an idle desktop alone.
+NO_GLX = " -extension GLX"
 
 
-def system_config_for_launch(conf_dir: Path, screen: str = DEFAULT_SCREEN) -> str:
+def _logical_lines(text: str) -> list[str]:
+    """The lines of an Xpra config file as Xpra 3.1 reads them: one continued with a
+    trailing backslash is joined with the next (comment lines between are dropped), so
+    that an option anywhere in a continued ``xvfb`` command is seen."""
+    lines: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        if pending and line.strip()[:1] in ("#", "!"):
+            continue
+        line = pending + line
+        if line.rstrip().endswith("\\"):
+            pending = line.rstrip()[:-1] + " "
+            continue
+        lines.append(line)
+        pending = ""
+    if pending:
+        lines.append(pending.rstrip())
+    return lines
+
+
+def system_config_for_launch(conf_dir: Path, screen: str = DEFAULT_SCREEN, glx: bool = True) -> str:
     """Xpra's system config (conf.d/*.conf, then xpra.conf) minus the session commands,
     with the X server's screen set to ``screen`` (its depth and other options kept; an
-    X server started without ``-screen 0``, e.g. Xorg with the dummy driver, as it is)."""
+    X server started without ``-screen 0``, e.g. Xorg with the dummy driver, as it is),
+    and without GLX unless ``glx``."""
     files = [*sorted((conf_dir / "conf.d").glob("*.conf")), conf_dir / "xpra.conf"]
     kept = []
     has_xvfb = False
     for conf_file in files:
         if not conf_file.is_file():
             continue
-        for line in conf_file.read_text(errors="replace").splitlines():
+        for line in _logical_lines(conf_file.read_text(errors="replace")):
             key = line.split("=", 1)[0].strip()
             if key in SESSION_KEYS:
                 continue
             if key == "xvfb":
                 has_xvfb = True
                 line = _XVFB_SCREEN.sub(lambda m: m.group(1) + screen, line)
+                if not glx:
+                    line = _PLUS_GLX.sub("", line) + NO_GLX
             kept.append(line)
     if not has_xvfb:
-        kept.append("xvfb = " + DEFAULT_XVFB.format(screen=screen))
+        xvfb = DEFAULT_XVFB.format(screen=screen)
+        kept.append("xvfb = " + (_PLUS_GLX.sub("", xvfb) + NO_GLX if not glx else xvfb))
     return "\n".join(kept) + "\n"
 
 
@@ -87,14 +117,80 @@ def user_config_dir(env: Mapping[str, str], uid: int) -> Path | None:
     return None
 
 
+#: Where a launch links its web root (``--html=APP_DIR/web/www``): Xpra 3.1 reads the
+#: headers it sends from ``WWW/../http-headers``, which the link keeps beside ``www``.
+WEB_LINK = "web"
+#: Sent with every file instead of Xpra's own ``no-cache, no-store, must-revalidate``:
+#: the browser keeps the files and revalidates each (Xpra sends ``Last-Modified``, the
+#: Jupyter server answers 304: ``AppSpec.answer_unchanged``), so a reload or another
+#: desktop does not download them again, and after an upgrade gets the new ones. The
+#: entry page, which carries the launch password, is made ``no-store`` by the Jupyter
+#: server. Later header files replace the values of earlier ones, hence the name.
+CACHE_HEADERS = {"Cache-Control": "private, no-cache"}
+HEADERS_FILE = "http-headers/99_hpc_proxies_cache.txt"
+
+
+def installed_share(executable: str) -> Path | None:
+    """Xpra's ``share/xpra`` (its HTML5 client in ``www``, its headers in
+    ``http-headers``) beside the program the launch runs, else the system's."""
+    prefix = Path(os.path.realpath(executable)).parent.parent
+    for share in (prefix / "share/xpra", Path("/usr/share/xpra"), Path("/usr/local/share/xpra")):
+        if (share / "www" / "index.html").is_file():
+            return share
+    return None
+
+
+def link_web_root(launch: Launch) -> None:
+    """Link the launch's web root: Xpra's installed client compressed once, with our
+    headers (:mod:`hpc_proxies.webroot`); nothing if its client is not where we look."""
+    share = installed_share(launch.executable)
+    if share is not None:
+        webroot.link_web_root(
+            launch.app_dir / WEB_LINK,
+            share,
+            {"www": share / "www", "http-headers": share / "http-headers"},
+            {HEADERS_FILE: "".join(f"{name}={value}\n" for name, value in CACHE_HEADERS.items())},
+            compress=("www",),
+        )
+
+
+def html_option(launch: Launch) -> str:
+    """Xpra serves the launch's web root if prepare linked one, else finds its own."""
+    linked = launch.app_dir / WEB_LINK / "www"
+    return f"--html={linked}" if linked.is_dir() else "--html=on"
+
+
 def prepare(launch: Launch) -> None:
-    """Write the filtered system config, private to the user, and make the stand-in home."""
+    """Write the filtered system config, private to the user, make the stand-in home,
+    and link the web root."""
     conf_dir = launch.app_dir / "xpra-conf"
     conf_dir.mkdir(mode=0o700)
     system_dir = Path(os.environ.get("XPRA_SYSTEM_CONF_DIRS", DEFAULT_SYSTEM_CONF_DIR))
     screen = str(launch.settings.get("screen", DEFAULT_SCREEN))
-    write_private_file(conf_dir / "xpra.conf", system_config_for_launch(system_dir, screen))
+    glx = bool(launch.settings.get("glx", True))
+    write_private_file(conf_dir / "xpra.conf", system_config_for_launch(system_dir, screen, glx))
     stand_in_home(launch.app_dir)
+    link_web_root(launch)
+
+
+#: Set for Xpra alone (environment()): the session's programs get the user's own
+#: values, or none, so that their GTK may use OpenGL and their malloc is glibc's.
+XPRA_ONLY_VARIABLES = (
+    "GDK_GL",
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+)
+
+
+def session_environment(env: Mapping[str, str]) -> list[str]:
+    """Xpra options that give the session ``env``'s values of XPRA_ONLY_VARIABLES back:
+    ``--start-env`` for those set, an ``env -u`` wrapper for the others."""
+    options = [f"--start-env={name}={env[name]}" for name in XPRA_ONLY_VARIABLES if name in env]
+    unset = [f"-u {name}" for name in XPRA_ONLY_VARIABLES if name not in env]
+    if unset:
+        options.append(f"--exec-wrapper={ENV} {' '.join(unset)}")
+    return options
 
 
 def command(launch: Launch) -> list[str]:
@@ -109,7 +205,7 @@ def command(launch: Launch) -> list[str]:
         f"--socket-dirs={launch.app_dir}",
         f"--log-dir={launch.app_dir}",
         f"--auth=file,filename={launch.secret_file}",
-        "--html=on",
+        html_option(launch),
         f"--start={session}",
         "--exit-with-children=no",
         "--sharing=yes",
@@ -126,6 +222,16 @@ def command(launch: Launch) -> list[str]:
         "--dbus-control=no",
         "--systemd-run=no",
         "--start-via-proxy=no",
+        # Video: the HTML5 client decodes h264 (Broadway) and mpeg1 (JSMpeg). x264 keeps
+        # h264 for moving content; Xpra's other video modules are not loaded (ffmpeg's
+        # mpeg1/mp4/webm, vpx, x265, and the decoders, which only a proxy or a webcam
+        # uses): Xpra 144 -> 113 MiB in a desktop alone (ffmpeg alone was 16 of the 31).
+        "--video-encoders=x264",
+        "--video-decoders=none",
+        # The OpenGL probe, a second Xpra process at every start, only tells clients
+        # what the display can render; the HTML5 client does not ask.
+        "--opengl=noprobe",
+        *session_environment(os.environ),
         # The session gets the user's home back (Xpra runs with the stand-in). Xpra
         # expands $VARIABLES in these values: a home whose path has a "$" would not
         # arrive intact.
@@ -152,6 +258,15 @@ def environment(launch: Launch) -> dict[str, str]:
         # returned. Two arenas: +1 MiB per 10, and 9 MiB less idle
         # (bench/desktop_memory_bench.py). A site's own value (`environment`) wins.
         "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
+        # The h264 encoder's frame buffers (MiBs each) went to the heap once glibc had
+        # raised its mmap threshold, and stayed: +3.8 MiB per 10 connections. A fixed
+        # threshold maps them and gives them back on free: +0.5, and 2 MiB less idle.
+        "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072"),
+        "MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_", "131072"),
+        # GTK would load Mesa (libLLVM) into Xpra only to list the display's OpenGL
+        # visuals, which Xpra never uses: Xpra 144 -> 116 MiB; with GLX on, the X
+        # server still maps libLLVM, unshared then, so the desktop saves 10 MiB.
+        "GDK_GL": "disable",
     }
 
 
@@ -188,6 +303,7 @@ APP = AppSpec(
     secret=True,
     x_display=True,
     page_script=page_script,
+    answer_unchanged=True,
     timeout=60.0,
     version_args=("--version",),
     settings=(
@@ -218,5 +334,6 @@ APP = AppSpec(
             example="2560x1600",
             pattern=SCREEN_SIZE,
         ),
+        glx_setting("an Xpra desktop", with_glx=76, without=24),
     ),
 )

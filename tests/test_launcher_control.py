@@ -133,3 +133,38 @@ async def test_the_log_keeps_the_newest_lines():
     assert [line["text"] for line in book.since(1)] == ["line 2", "line 3", "line 4"]
     assert [line["seq"] for line in book.since(5)] == [5] and book.next_seq == 6
     assert await book.wait_since(6, 0.05) == []
+
+
+def slow_echo_app(seconds: float) -> AppSpec:
+    """The echo app, answering only after ``seconds``."""
+
+    def command(launch):
+        script = f"import time; time.sleep({seconds})\n{ECHO_APP}"
+        return [sys.executable, "-c", script, str(launch.socket), "hello"]
+
+    return AppSpec(
+        name="demo", title="Demo App", icon="", requires=(Requirement("sh", ""),), command=command
+    )
+
+
+async def test_the_progress_probe_is_held_while_starting_and_answered_when_ready(tmp_path):
+    """The progress page learns that the app is ready the moment it is: its probe is held
+    (at most PROBE_HOLD) and answered as soon as the phase changes."""
+    from hpc_proxies.launcher.web import PROBE_HOLD
+
+    async with serving(launcher_for(slow_echo_app(2.0), tmp_path / "run")) as launcher:
+        answers = []
+        while True:
+            asked = time.monotonic()
+            _, headers, _ = await get(launcher.layout.socket, "/", probe=True)
+            answers.append((time.monotonic() - asked, headers.get(pages.STATE_HEADER), time.time()))
+            if answers[-1][1] != "starting":
+                break
+        held = [took for took, state, _ in answers if state == "starting"]
+        assert held and all(took >= PROBE_HOLD * 0.9 for took in held), answers
+        took, state, answered_at = answers[-1]
+        # "running" from the launcher, or (a probe sent just after the hand-over) the app
+        assert state in ("running", None), answers
+        ready = (await control.status(launcher.layout.control))["ready"]
+        assert 0 <= answered_at - ready < 0.2, "answered when ready, not at the hold's end"
+        assert took < PROBE_HOLD, answers

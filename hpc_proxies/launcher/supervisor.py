@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import signal
 import socket
@@ -99,6 +100,8 @@ class Launcher:
         self.exit_status = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._runners: list[web.AppRunner] = []
+        #: Set (and replaced) whenever the phase changes: what a held probe waits for.
+        self._phase_changed = asyncio.Event()
 
     # ---------------------------------------------------------------- views
     @property
@@ -150,6 +153,17 @@ class Launcher:
             self.ready_wall = time.time()
         for effect in effects:
             self._apply(effect)
+        if self.lifecycle.phase != before.phase:
+            changed, self._phase_changed = self._phase_changed, asyncio.Event()
+            changed.set()
+
+    async def while_starting(self, longest: float) -> None:
+        """Return when a start in progress ends (ready or failed), or after ``longest``
+        seconds: the progress page's probe is held, so the page learns at once."""
+        if self.lifecycle.phase != lc.Phase.STARTING:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._phase_changed.wait(), longest)
 
     def _apply(self, effect: lc.Effect) -> None:
         if isinstance(effect, lc.StartRun):

@@ -33,6 +33,9 @@ from .supervisor import Launcher
 
 LAUNCHER = web.AppKey("launcher", Launcher)
 PAGE_TAIL = 15
+#: How long the progress page's probe is held while the app starts (the page shows the
+#: seconds and the log's tail from each answer).
+PROBE_HOLD = 0.5
 HTML = "text/html"
 
 
@@ -119,6 +122,9 @@ async def settle_choice(
 async def page(request: web.Request) -> web.Response:
     launcher = request.app[LAUNCHER]
     if pages.PROBE_HEADER in request.headers:
+        # Held while the app starts (at most PROBE_HOLD): the page reloads the moment
+        # the app answers, instead of at its next poll.
+        await launcher.while_starting(PROBE_HOLD)
         return respond(launcher, 200, status_json(launcher), "application/json")
     if launcher.app.parameters:
         query = {key: request.query.getall(key) for key in request.query}

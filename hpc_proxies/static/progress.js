@@ -1,5 +1,6 @@
 // The progress page: polls the launcher for its state (with the probe header, it
-// answers JSON) and reloads as soon as the app answers or the start failed.
+// answers JSON, holding the answer up to half a second while the app starts) and
+// reloads as soon as the app answers or the start failed.
 // Header names come from the script element's data-probe-header / data-state-header.
 (function () {
   const headers = document.currentScript.dataset;
@@ -19,7 +20,7 @@
     bar.style.width = Math.min(100, 100 * info.elapsed / info.timeout) + '%';
     if (info.tail.length) { log.hidden = false; log.textContent = info.tail.join('\n');
                             log.scrollTop = log.scrollHeight; }
-    setTimeout(poll, 250);
+    setTimeout(poll, 50);  // the launcher paces the polls: it holds each answer while the app starts
   }
-  setTimeout(poll, 200);
+  poll();
 })();

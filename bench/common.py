@@ -157,30 +157,45 @@ def compare_start(server, app: AppSpec, label: str, runs: int) -> None:
     print_memory(memory(server, app.name))
 
 
-def pss_kib(pid: int) -> int:
+def smaps_kib(pid: int, fields: tuple[str, ...] = ("Pss:",)) -> int:
+    """The sum of ``fields`` of the process's ``smaps_rollup`` (0 if it is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
     except OSError:
-        pass
-    return 0
+        return 0
+    return sum(int(line.split()[1]) for line in lines if line.startswith(fields))
 
 
-def memory(server, app: str) -> dict[str, float]:
-    """PSS in MiB of the session's processes, by program name."""
+def pss_kib(pid: int) -> int:
+    return smaps_kib(pid)
+
+
+#: USS: the pages only this process maps (what one more desktop costs when others run).
+USS_FIELDS = ("Private_Clean:", "Private_Dirty:")
+
+
+def program_name(pid: int, launcher: int) -> str | None:
+    """The launcher, a program's name, or an interpreter's script or module."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    name = "launcher" if pid == launcher else Path(argv[0].decode()).name
+    if name.startswith("python") or name in ("perl", "sh"):
+        name = ".".join(a.decode() for a in argv[1:3] if a != b"-m") or name
+        name = Path(name).name
+    return name
+
+
+def memory(server, app: str, fields: tuple[str, ...] = ("Pss:",)) -> dict[str, float]:
+    """PSS (or other ``smaps_rollup`` ``fields``) in MiB of the session's processes, by
+    program name."""
     launcher = server.launcher_pid(app)
     by_name: dict[str, float] = {}
     for pid in {launcher} | procs.descendants(launcher):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        name = "launcher" if pid == launcher else Path(argv[0].decode()).name
-        if name.startswith("python") or name == "perl":
-            name = ".".join(a.decode() for a in argv[1:3] if a != b"-m") or name
-            name = Path(name).name
-        by_name[name] = by_name.get(name, 0) + pss_kib(pid) / 1024
+        name = program_name(pid, launcher)
+        if name is not None:
+            by_name[name] = by_name.get(name, 0) + smaps_kib(pid, fields) / 1024
     return by_name
 
 

@@ -1,21 +1,26 @@
 """One desktop's memory, idle and after browser connections: PSS of all its launch started.
 
-    .venv/bin/python bench/desktop_memory_bench.py [--apps vnc xpra] [--cycles 10]
+    .venv/bin/python bench/desktop_memory_bench.py [--apps vnc xpra] [--cycles 10] [--no-glx]
 
 The desktop is alone on the machine (one Jupyter server, one desktop at a time), so
 PSS charges it the whole of every library only it uses. It is weighed idle (after
 the first browser connection has closed), then again after ``--cycles`` more
 connect/disconnect cycles in Chromium: a desktop whose memory grows per connection
-shows it there. Figures per program, and the total.
+shows it there. Figures per program, and the total; and the total USS (the pages only
+the desktop's processes map: what one more desktop costs a node where others run).
+``--no-glx`` weighs the desktops with ``glx = false`` (no OpenGL in their X server).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import tempfile
 import time
+from pathlib import Path
 
-from common import CHROMIUM, CHROMIUM_ARGS, bench_jupyter, memory
+from common import CHROMIUM, CHROMIUM_ARGS, USS_FIELDS, bench_jupyter, memory
 
 READY = {
     "vnc": """() => {
@@ -42,17 +47,18 @@ async def connect_and_leave(url: str, app: str, cycles: int) -> None:
         await browser.close()
 
 
-def settled_memory(server, app: str) -> dict[str, float]:
-    """PSS by program once the desktop has been idle for a few seconds (its buffers
-    drained and the closed connection's clean-up done)."""
+def settled_memory(server, app: str) -> tuple[dict[str, float], float]:
+    """PSS by program, and the USS total, once the desktop has been idle for a few
+    seconds (its buffers drained and the closed connection's clean-up done)."""
     time.sleep(5)
-    return memory(server, app)
+    return memory(server, app), sum(memory(server, app, USS_FIELDS).values())
 
 
-def show(label: str, mem: dict[str, float]) -> float:
+def show(label: str, measured: tuple[dict[str, float], float]) -> float:
+    mem, uss = measured
     total = sum(mem.values())
     parts = ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(mem.items(), key=lambda x: -x[1]))
-    print(f"  {label}: {total:.0f} MiB ({parts})")
+    print(f"  {label}: {total:.0f} MiB ({parts}); USS {uss:.0f} MiB")
     return total
 
 
@@ -60,7 +66,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--apps", nargs="+", default=["vnc", "xpra"], choices=["vnc", "xpra"])
     parser.add_argument("--cycles", type=int, default=10)
+    parser.add_argument("--no-glx", action="store_true", help="the desktops with glx = false")
     args = parser.parse_args()
+    if args.no_glx:
+        site = Path(tempfile.mkdtemp()) / "site.toml"
+        site.write_text("[apps.vnc]\nglx = false\n[apps.xpra]\nglx = false\n")
+        os.environ["HPC_PROXIES_CONFIG"] = str(site)
     for app in args.apps:
         with bench_jupyter() as server:  # a server of its own: the desktop is alone
             url = f"{server.url}/{app}/?token={server.token}"

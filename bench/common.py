@@ -181,7 +181,9 @@ def program_name(pid: int, launcher: int) -> str | None:
     except OSError:
         return None
     name = "launcher" if pid == launcher else Path(argv[0].decode()).name
-    if name.startswith("python") or name in ("perl", "sh"):
+    if name == "sh" and len(argv) > 1 and argv[1].endswith(b".sh"):
+        name = Path(argv[1].decode()).name  # x-desktop.sh
+    elif name.startswith("python") or name == "perl":
         name = ".".join(a.decode() for a in argv[1:3] if a != b"-m") or name
         name = Path(name).name
     return name

@@ -329,3 +329,17 @@ def test_opengl_is_there_by_default_and_a_site_can_leave_it_out(shared_jupyter, 
         assert "GLX" not in x_extensions(server)
     finally:
         server.stop_all()
+
+
+def test_the_launcher_serves_the_desktop_without_loading_openssl(shared_jupyter):
+    """It speaks HTTP on unix sockets only: no TLS library (libssl) and no CA store in its
+    memory (3.4 MiB of every launcher; libcrypto stays, for hashlib), and noVNC and its
+    websocket still work through it."""
+    vnc_ready(shared_jupyter)
+    launcher = shared_jupyter.launcher_pid("vnc")
+    maps = Path(f"/proc/{launcher}/maps").read_text()
+    assert "libssl" not in maps
+    assert "libssl" in Path(f"/proc/{shared_jupyter.proc.pid}/maps").read_text(), "control"
+    secret = secret_of(shared_jupyter)
+    ok = handshake(ws_url(shared_jupyter), secret, headers=auth(shared_jupyter))
+    assert ok[:3] == ("ok", *GEOMETRY), ok

@@ -1,12 +1,21 @@
 """``python -m hpc_proxies.launcher``: run the supervisor of one launch."""
 
+# ruff: noqa: E402 (the ssl module is blocked before anything is imported)
+
 from __future__ import annotations
+
+import sys
+
+# Unix sockets only, never TLS: without the ssl module, asyncio and aiohttp do not load
+# OpenSSL, and aiohttp does not build two contexts from the system's CA store when it is
+# imported: 3.4 MiB of every launcher (bench/desktop_memory_bench.py). First, before
+# anything imports asyncio. Apps are other processes: theirs is untouched.
+sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
 
 import argparse
 import asyncio
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 

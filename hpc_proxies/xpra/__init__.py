@@ -45,7 +45,7 @@ _XVFB_SCREEN = re.compile(r"(-screen\s+0\s+)\d+x\d+")
 _PLUS_GLX = re.compile(r"\s\+extension\s+GLX(?=\s|$)")
 #: Appended to the X server's command (Xvfb and Xorg alike) for a desktop without
 #: OpenGL: the server then never loads Mesa's software renderer (libLLVM), 52 MiB of
-#: Xvfb's 76 in an idle desktop alone.
+#: Xvfb's 72 in an idle desktop alone.
 NO_GLX = " -extension GLX"
 
 
@@ -334,6 +334,6 @@ APP = AppSpec(
             example="2560x1600",
             pattern=SCREEN_SIZE,
         ),
-        glx_setting("an Xpra desktop", with_glx=76, without=24),
+        glx_setting("an Xpra desktop", with_glx=72, without=20),
     ),
 )

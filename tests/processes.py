@@ -127,3 +127,15 @@ def assert_stopping_leaves_nothing(server, app: str, signum: int = signal.SIGTER
     assert not left, [cmdline(pid) for pid in left]
     assert not runtime.exists(), f"{runtime} left behind"
     return everything
+
+
+def xdpyinfo(display: str, xauthority: str) -> str:
+    """What ``xdpyinfo`` says of an X display, opened with the given cookie file (as a
+    program in the desktop opens it)."""
+    return subprocess.run(
+        ["xdpyinfo", "-display", display],
+        env={"PATH": "/usr/bin", "XAUTHORITY": xauthority},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout

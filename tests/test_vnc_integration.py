@@ -23,6 +23,7 @@ from processes import (
     environ_of,
     find_process,
     wait_gone,
+    xdpyinfo,
 )
 from rfb_wire import SECURITY_VNCAUTH, VERSION, banner, direct_handshake, handshake
 from waiting import until
@@ -309,13 +310,8 @@ def x_extensions(server) -> str:
 
     xterm = until(the_xterm, 30, "the session's xterm")
     environ = environ_of(xterm)
-    return subprocess.run(
-        ["xdpyinfo", "-display", environ["DISPLAY"]],
-        env={"PATH": "/usr/bin", "XAUTHORITY": environ["XAUTHORITY"]},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("number of extensions:")[1]
+    info = xdpyinfo(environ["DISPLAY"], environ["XAUTHORITY"])
+    return info.split("number of extensions:")[1]
 
 
 def test_opengl_is_there_by_default_and_a_site_can_leave_it_out(shared_jupyter, tmp_path):

@@ -17,7 +17,14 @@ from urllib.parse import urlparse
 import aiohttp
 import pytest
 from conftest import jupyter_with_site, start_jupyter
-from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, environ_of, find_process
+from processes import (
+    as_nobody,
+    assert_stopping_leaves_nothing,
+    cmdline,
+    environ_of,
+    find_process,
+    xdpyinfo,
+)
 from waiting import until
 from xpra_wire import handshake, xpra_ws_handshake
 
@@ -93,14 +100,7 @@ def session_display(server) -> tuple[str, str]:
 
 def screen_size(server) -> str:
     """The X screen's size, as a program in the desktop sees it."""
-    display, xauthority = session_display(server)
-    info = subprocess.run(
-        ["xdpyinfo", "-display", display],
-        env={"PATH": "/usr/bin", "XAUTHORITY": xauthority},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    info = xdpyinfo(*session_display(server))
     return re.search(r"dimensions:\s+(\d+x\d+) pixels", info).group(1)
 
 
@@ -282,14 +282,7 @@ def test_the_client_is_served_compressed_once_and_revalidated_through_jupyter(tm
 # ---------------------------------------------------------------- OpenGL, and what Xpra loads
 def x_extensions(server) -> list[str]:
     """The X server's extensions, as a program in the desktop sees them."""
-    display, xauthority = session_display(server)
-    info = subprocess.run(
-        ["xdpyinfo", "-display", display],
-        env={"PATH": "/usr/bin", "XAUTHORITY": xauthority},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    info = xdpyinfo(*session_display(server))
     listed = info.split("number of extensions:", 1)[1].split("default screen number")[0]
     return listed.split()[1:]
 

@@ -1,6 +1,6 @@
 """The ``hpc-proxies`` command: check and inspect the site configuration.
 
-hpc-proxies status [--json]     what is in force here, per app
+hpc-proxies status [--json]     what is in force here, per app, and the Slurm job it runs in
 hpc-proxies check [FILE]        validate a file before deploying it (exit 0 or 1)
 hpc-proxies example-config      a fully commented example covering every key
 hpc-proxies install-kernel paraview [--user|--sys-prefix]   the "ParaView (pvpython)" kernel
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urljoin
 
-from . import config, netns, running
+from . import config, netns, running, slurmjob
 from .apps import APP_MODULES, load_app
 from .executables import MissingExecutables, app_env, requirements, resolve_app, version
 
@@ -72,7 +72,15 @@ def status_data(site: config.SiteConfig) -> dict:
         "valid": site.error is None,
         "errors": site.error.problems if site.error else [],
         "apps": [app_status(site, name) for name in APP_MODULES],
+        "slurm": slurm_status(),
     }
+
+
+def slurm_status() -> dict | None:
+    """The Slurm job this runs in, and what its process tracking lets escape (None
+    outside a job)."""
+    where = slurmjob.placement()
+    return where.to_json() if where is not None else None
 
 
 def print_status(data: dict) -> None:
@@ -90,6 +98,7 @@ def print_status(data: dict) -> None:
             print(f"  {problem}")
     else:
         print(f"System: {data['system'] or '(none)'}: {data['system_reason']}")
+    print_slurm(data["slurm"])
     for app in data["apps"]:
         state = "enabled" if app["enabled"] else f"DISABLED: {app['disabled_by']}"
         print(f"\n{app['app']}: {app['title']} at {app['url']}, {state}")
@@ -104,6 +113,20 @@ def print_status(data: dict) -> None:
         for key, value in app["settings"].items():
             source = app["sources"].get(key, "default")
             print(f"  {key} = {json.dumps(value)}    [{source}]")
+
+
+def print_slurm(job: dict | None) -> None:
+    if job is None:
+        print("Slurm: not inside a Slurm job")
+        return
+    step = f", step {job['step']}" if job["step"] else ""
+    print(f"Slurm: job {job['job']}{step} on node {job['node']}")
+    if job["proctrack"] is None:
+        print(f"  process tracking: unknown ({job['proctrack_unknown_because']})")
+    else:
+        print(f"  process tracking: {job['proctrack']}")
+    if job["warning"]:
+        print(f"  WARNING: {job['warning']}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -300,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check the hpc-proxies site configuration, and manage the apps you started.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    status = sub.add_parser("status", help="show the configuration in force here, per app")
+    status = sub.add_parser(
+        "status", help="show the configuration in force here, per app, and the Slurm job it runs in"
+    )
     status.add_argument("--json", action="store_true", help="the same, as JSON")
     status.set_defaults(func=cmd_status)
     check = sub.add_parser("check", help="validate a configuration file (exit 0 or 1)")

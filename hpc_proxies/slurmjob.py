@@ -1,4 +1,5 @@
-"""When the Jupyter server runs inside a Slurm job: when does that job end?
+"""When the Jupyter server runs inside a Slurm job: when does that job end, and where
+does it run?
 
 A user whose desktop or ParaView session lives in a batch job loses it, unsaved, at the
 job's time limit; the pages can only warn them if something knows the end. Slurm knows
@@ -12,7 +13,9 @@ a job Slurm no longer knows, no answer within 2 s) gives ``None`` and a reason, 
 exception: the end of the job is a courtesy, the server must run without it.
 
 :func:`ask_slurm` and :func:`job_end` are coroutines: they run ``scontrol`` as a
-subprocess of the server's event loop, which they never block.
+subprocess of the server's event loop, which they never block. :func:`placement` (for
+``hpc-proxies status``) says which job, step and node a process runs in, and whether
+Slurm's process tracking (``ProctrackType``) keeps the apps inside the job.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import contextlib
 import logging
 import os
 import re
+import socket
+import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -200,3 +205,103 @@ class JobClock:
         """``JobTime.to_json`` of the job's end (remaining counted from ``now``), or None."""
         found = await self.time()
         return None if found is None else found.to_json(now)
+
+
+# -- where a server runs: the job, the node, and whether Slurm keeps the apps inside it --
+
+#: What Slurm's process tracking means for the apps, by ``ProctrackType``: what escapes
+#: the job (and outlives its end or ``scancel``). None: nothing does.
+TRACKING_WARNINGS: dict[str, str | None] = {
+    "proctrack/cgroup": None,
+    "proctrack/linuxproc": (
+        "Slurm tracks the job's processes by their parent process ids: the apps hpc-proxies "
+        "starts stay inside the job (their launcher adopts what they orphan), but a program "
+        "that daemonises from elsewhere (a notebook kernel, a terminal) leaves it and "
+        "outlives the job. Sites that can should use ProctrackType=proctrack/cgroup."
+    ),
+    "proctrack/pgid": (
+        "Slurm tracks the job's processes by their process group, and hpc-proxies starts "
+        "each app in a session (and group) of its own, so scancel and the job's end do not "
+        "reach the apps: their launcher stops them only when the Jupyter server ends "
+        "cleanly. Use ProctrackType=proctrack/cgroup."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The Slurm job (and step, and node) a process runs in, and Slurm's process
+    tracking there (``proctrack``: None if Slurm did not say, with ``why``)."""
+
+    job_id: str
+    node: str
+    step: str | None
+    proctrack: str | None
+    why: str = ""
+
+    @property
+    def warning(self) -> str | None:
+        """What escapes the job under this tracking, if anything (unknown types too)."""
+        if self.proctrack is None:
+            return None
+        if self.proctrack in TRACKING_WARNINGS:
+            return TRACKING_WARNINGS[self.proctrack]
+        return (
+            f"Slurm's process tracking here is {self.proctrack}, which hpc-proxies does not "
+            "know: check that a process that daemonises stays in the job."
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "job": self.job_id,
+            "node": self.node,
+            "step": self.step,
+            "proctrack": self.proctrack,
+            "proctrack_unknown_because": self.why or None,
+            "warning": self.warning,
+        }
+
+
+def proctrack_from_config(output: str) -> str | None:
+    """``ProctrackType`` from ``scontrol show config`` output (``Key = value`` lines)."""
+    for line in output.splitlines():
+        key, eq, value = line.partition("=")
+        if eq and key.strip() == "ProctrackType":
+            return value.strip() or None
+    return None
+
+
+def process_tracking(
+    env: Mapping[str, str] | None = None, timeout: float = TIMEOUT
+) -> tuple[str | None, str]:
+    """Slurm's ``ProctrackType`` as ``scontrol show config`` tells it; else None and why."""
+    try:
+        done = subprocess.run(
+            ["scontrol", "show", "config"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=dict(os.environ if env is None else env),
+        )
+    except OSError as e:
+        return None, f"cannot run scontrol: {e}"
+    except subprocess.TimeoutExpired:
+        return None, f"scontrol gave no answer within {timeout:g} s"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return None, f"scontrol show config: {last[-300:]}"
+    found = proctrack_from_config(done.stdout)
+    return (found, "") if found else (None, "scontrol show config names no ProctrackType")
+
+
+def placement(env: Mapping[str, str] | None = None) -> Placement | None:
+    """Where this process runs if it is inside a Slurm job (None outside one): the job,
+    its step, the node (Slurm's name for it), and the process tracking."""
+    env = os.environ if env is None else env
+    job_id = job_from_env(env)
+    if job_id is None:
+        return None
+    node = env.get("SLURMD_NODENAME") or socket.gethostname()
+    step = env.get("SLURM_STEP_ID") or None
+    proctrack, why = process_tracking(env)
+    return Placement(job_id, node, step, proctrack, why)

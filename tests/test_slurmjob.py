@@ -294,3 +294,54 @@ async def test_jobs_slurm_does_not_know_or_that_ended(slurm_cluster):
     ended = await slurmjob.job_end(job, slurm_cluster.env)
     assert ended is not None
     assert ended.remaining() == 0
+
+
+# -- where a server runs (``hpc-proxies status`` inside a job) --------------------------
+
+CONFIG = """Configuration data as of 2026-12-02T03:30:00
+AccountingStorageType   = (null)
+ProctrackType           = proctrack/cgroup
+ProgramInterrupt        = (null)
+"""
+
+
+def test_the_process_tracking_is_read_from_slurms_config():
+    assert slurmjob.proctrack_from_config(CONFIG) == "proctrack/cgroup"
+    assert slurmjob.proctrack_from_config("Other = 1\n") is None
+
+
+@pytest.mark.parametrize(
+    ("proctrack", "warned"),
+    [
+        ("proctrack/cgroup", None),
+        ("proctrack/linuxproc", "parent process ids"),
+        ("proctrack/pgid", "scancel and the job's end do not reach the apps"),
+        ("proctrack/other", "does not know"),
+        (None, None),
+    ],
+)
+def test_what_each_process_tracking_lets_escape(proctrack, warned):
+    warning = slurmjob.Placement("42", "n1", None, proctrack).warning
+    assert (warning is None) if warned is None else (warned in warning), warning
+
+
+def test_outside_a_job_there_is_no_placement():
+    assert slurmjob.placement({"PATH": os.environ["PATH"]}) is None
+
+
+def test_status_in_a_real_job_names_the_job_node_and_tracking(slurm_cluster):
+    """``hpc-proxies status --json`` run by a batch job: the job's id and node, and the
+    warning for this cluster's proctrack/linuxproc; and the text form says so too."""
+    result = slurm_cluster.jobs / "status.json"
+    text = slurm_cluster.jobs / "status.txt"
+    status = f"{VENV_PYTHON} -m hpc_proxies.cli status"
+    job = slurm_cluster.submit(f"{status} --json > {result}; {status} > {text}", time_minutes=2)
+    record = slurm_cluster.wait_state(job, "COMPLETED", 60)
+    said = json.loads(result.read_text())["slurm"]
+    assert said["job"] == job
+    assert said["node"] == record["NodeList"]
+    assert said["proctrack"] == "proctrack/linuxproc"
+    assert "parent process ids" in said["warning"]
+    shown = text.read_text()
+    assert f"Slurm: job {job} on node {record['NodeList']}" in shown
+    assert "process tracking: proctrack/linuxproc" in shown and "WARNING: " in shown

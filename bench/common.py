@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import free_port, kill_leftovers, start_jupyter  # noqa: E402, F401
+from processes import status_bytes  # noqa: E402
 
 from hpc_proxies import config, procs  # noqa: E402
 from hpc_proxies.executables import requirements, resolve  # noqa: E402
@@ -157,17 +158,16 @@ def compare_start(server, app: AppSpec, label: str, runs: int) -> None:
     print_memory(memory(server, app.name))
 
 
-def smaps_kib(pid: int, fields: tuple[str, ...] = ("Pss:",)) -> int:
-    """The sum of ``fields`` of the process's ``smaps_rollup`` (0 if it is gone)."""
-    try:
-        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-    except OSError:
-        return 0
-    return sum(int(line.split()[1]) for line in lines if line.startswith(fields))
-
-
 def pss_kib(pid: int) -> int:
-    return smaps_kib(pid)
+    return (procs.pss_bytes(pid) or 0) // 1024
+
+
+def rss_mib(pid: int) -> float:
+    """``VmRSS`` of ``pid`` in MiB (0 if it is gone)."""
+    try:
+        return status_bytes(pid, "VmRSS") / 2**20
+    except (OSError, AssertionError):
+        return 0.0
 
 
 #: USS: the pages only this process maps (what one more desktop costs when others run).
@@ -197,7 +197,7 @@ def memory(server, app: str, fields: tuple[str, ...] = ("Pss:",)) -> dict[str, f
     for pid in {launcher} | procs.descendants(launcher):
         name = program_name(pid, launcher)
         if name is not None:
-            by_name[name] = by_name.get(name, 0) + smaps_kib(pid, fields) / 1024
+            by_name[name] = by_name.get(name, 0) + (procs.smaps_bytes(pid, fields) or 0) / 2**20
     return by_name
 
 

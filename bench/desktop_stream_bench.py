@@ -58,7 +58,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CHROMIUM, CHROMIUM_ARGS, bench_jupyter, free_port
+from common import CHROMIUM, CHROMIUM_ARGS, bench_jupyter, free_port, rss_mib
 
 # A window whose every pixel changes in every frame, as a video or a rotating 3D view
 # does: a tile of noise, shifted each frame (cheap to make, costly to encode and send).
@@ -278,13 +278,6 @@ async def slow_relay(listen_port: int, upstream_port: int, bytes_per_s: float) -
             server_w.close()
 
     return await asyncio.start_server(connection, "127.0.0.1", listen_port)
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 async def behind_a_slow_link(url: str, app: str, seconds: float, pids: dict[str, int]) -> dict:

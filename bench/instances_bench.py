@@ -47,7 +47,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
-from common import ROOT, pss_kib
+from common import ROOT, pss_kib, rss_mib
 from conftest import jupyter_with_site
 from instances_api import API, api, launcher_of, runtime_dir_of
 from processes import alive, cmdline
@@ -85,13 +85,6 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def launchers(server) -> list[int]:

@@ -30,6 +30,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from common import rss_mib  # noqa: E402
 from conftest import start_jupyter  # noqa: E402
 
 CHUNK = 64 * 1024
@@ -103,13 +104,6 @@ async def over_websocket(
                     await ws.send_bytes(block)
                 await ws.receive()
             return total / (time.perf_counter() - t0) / 1e6
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def peak_rss_while(coro, pids: list[int]) -> tuple[float, dict[int, float]]:

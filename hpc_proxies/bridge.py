@@ -18,7 +18,8 @@ the launcher serves it on the app's private socket, on its own event loop:
 
 It used to be a companion process: 26 to 29 MiB of PSS per desktop for a second Python
 with aiohttp, which the launcher already has. ``python -m hpc_proxies.bridge`` still
-runs one in a process of its own (the benches' direct path uses it).
+runs one in a process of its own (the benches' direct path uses it), and
+:func:`serve_until_stopped` serves other aiohttp services the same way (ParaView's).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import asyncio
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -52,11 +54,9 @@ class RunningBridge:
         self.runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=STOP_GRACE)
 
     async def start(self, socket_path: Path) -> None:
-        """Serve on ``socket_path``, private (0600) before anyone can connect: it is
-        created in the launch's private directory and handed over to the proxy later."""
-        await self.runner.setup()
-        await web.UnixSite(self.runner, str(socket_path)).start()
-        os.chmod(socket_path, 0o600)
+        """Serve on ``socket_path``, in the launch's private directory (the proxy gets it
+        at the hand-over)."""
+        await serve_unix(self.runner, socket_path)
 
     async def stop(self) -> None:
         for ws in list(self.websockets):
@@ -104,14 +104,37 @@ async def serve_bridge(bridge: WebBridge, socket_path: Path) -> RunningBridge:
     return running
 
 
-async def serve_until_signal(bridge: WebBridge, socket_path: Path) -> None:
-    """Serve ``bridge`` on ``socket_path`` until SIGTERM, SIGINT or SIGHUP."""
-    running = await serve_bridge(bridge, socket_path)
+async def serve_unix(runner: web.AppRunner, socket_path: Path) -> None:
+    """Serve ``runner``'s app on a private (0600) unix socket."""
+    await runner.setup()
+    await web.UnixSite(runner, str(socket_path)).start()
+    os.chmod(socket_path, 0o600)
+
+
+async def until_stopped() -> None:
+    """Return on SIGTERM, SIGINT or SIGHUP: a service in a process of its own ends."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
+
+
+async def serve_until_stopped(
+    app: web.Application, socket_path: Path, before_cleanup: Callable[[], Awaitable] | None = None
+) -> None:
+    """Serve ``app`` on a private (0600) unix socket until SIGTERM, SIGINT or SIGHUP."""
+    runner = web.AppRunner(app, access_log=None)
+    await serve_unix(runner, socket_path)
+    await until_stopped()
+    if before_cleanup is not None:
+        await before_cleanup()
+    await runner.cleanup()
+
+
+async def serve_bridge_until_stopped(bridge: WebBridge, socket_path: Path) -> None:
+    running = await serve_bridge(bridge, socket_path)
+    await until_stopped()
     await running.stop()
 
 
@@ -126,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--query", default="", help="query string GET / sends it with")
     args = parser.parse_args(argv)
     bridge = WebBridge(args.target, args.web, args.index, args.query)
-    asyncio.run(serve_until_signal(bridge, args.listen))
+    asyncio.run(serve_bridge_until_stopped(bridge, args.listen))
 
 
 if __name__ == "__main__":

@@ -106,17 +106,20 @@ def descendants(root: int, procs: list[ProcInfo] | None = None) -> set[int]:
     return found
 
 
+def smaps_bytes(pid: int, fields: tuple[str, ...]) -> int | None:
+    """The sum of ``fields`` of ``pid``'s ``smaps_rollup`` (e.g. ``("Pss:",)``), in
+    bytes; None if it is gone or not ours to read."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return 1024 * sum(int(line.split()[1]) for line in f if line.startswith(fields))
+    except (OSError, ValueError):
+        return None
+
+
 def pss_bytes(pid: int) -> int | None:
     """The proportional set size of ``pid`` (its share of memory it shares with other
     processes); None if it is gone or not ours to read."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return None
-    return None
+    return smaps_bytes(pid, ("Pss:",))
 
 
 def tree_memory(root: int) -> tuple[list[int], int]:

@@ -164,13 +164,14 @@ class AppSpec:
     Jupyter server puts into the app's HTML entry page (``html_paths``), so the browser
     receives the secret without it ever being in a URL. ``settings`` declares the
     app's own site-configuration keys. ``x_display`` apps run an X server: each start
-    gets an empty private X authority file (``launch.xauthority``, in ``XAUTHORITY``)
-    for the server's cookie, so no other user can open the display. ``companions`` are
-    more processes started beside the main one, without ``setup``. ``bridge``, for an
-    app that speaks a raw protocol (a VNC server), says what the launcher serves on
-    ``socket`` in front of it: the web client's files and a websocket joined to the
-    app's own socket (:mod:`hpc_proxies.bridge`). The app is ready when ``socket``
-    answers HTTP and each of ``ready_banners`` greets.
+    gets a private X authority file with a fresh cookie (``launch.xauthority``, in
+    ``XAUTHORITY``; an entry for any display number, so it can be written before the
+    server takes one): the X server's ``-auth``, so no other user can open the display.
+    ``companions`` are more processes started beside the main one, without ``setup``.
+    ``bridge``, for an app that speaks a raw protocol (a VNC server), says what the
+    launcher serves on ``socket`` in front of it: the web client's files and a websocket
+    joined to the app's own socket (:mod:`hpc_proxies.bridge`). The app is ready when
+    ``socket`` answers HTTP and each of ``ready_banners`` greets.
 
     ``flags`` are looked up in the main program's ``help_args`` output at each start
     (``launch.flags`` holds those it has); ``parameters`` are chosen per request in the

@@ -139,3 +139,18 @@ def xdpyinfo(display: str, xauthority: str) -> str:
         text=True,
         check=True,
     ).stdout
+
+
+def x_extensions(display: str, xauthority: str) -> list[str]:
+    """The X server's extensions, as ``xdpyinfo`` lists them."""
+    info = xdpyinfo(display, xauthority)
+    listed = info.split("number of extensions:", 1)[1].split("default screen number")[0]
+    return listed.split()[1:]
+
+
+def status_bytes(pid: int, name: str) -> int:
+    """``VmRSS``, ``VmHWM``... of ``pid`` in bytes, from /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {name} in /proc/{pid}/status")

@@ -207,13 +207,20 @@ def test_progress_page_reloads_into_the_app():
     assert "line &lt;1&gt;" in html
 
 
-def test_x_display_apps_get_a_private_empty_xauthority(tmp_path):
+def test_x_display_apps_get_a_private_xauthority_with_a_fresh_cookie(tmp_path):
+    """One entry for any display (libXau's FAMILY_WILD, no number) with a 128-bit
+    MIT-MAGIC-COOKIE-1, new at every start."""
     app = AppSpec(
         name="demo", title="Demo", icon="", requires=(), command=lambda launch: [], x_display=True
     )
     launch = prepare_start(app, tmp_path, tmp_path / "app", "/demo/", {}, {})
-    assert mode(launch.app_dir) == 0o700
-    assert mode(launch.xauthority) == 0o600 and launch.xauthority.read_bytes() == b""
+    assert mode(launch.app_dir) == 0o700 and mode(launch.xauthority) == 0o600
+    entry = launch.xauthority.read_bytes()
+    assert entry.startswith(b"\xff\xff") and b"MIT-MAGIC-COOKIE-1\x00\x10" in entry
+    cookie = entry.split(b"MIT-MAGIC-COOKIE-1\x00\x10")[1]
+    assert len(cookie) == 16
+    again = prepare_start(app, tmp_path, tmp_path / "app", "/demo/", {}, {})
+    assert again.xauthority.read_bytes().split(b"\x00\x10")[-1] != cookie
     env = start_env(app, launch, {"XAUTHORITY": "/home/someone/.Xauthority", "A": "1"})
     assert env == {"XAUTHORITY": str(launch.xauthority), "A": "1"}
     plain = AppSpec(name="p", title="P", icon="", requires=(), command=lambda launch: [])

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import jupyter_with_site
 from instances_api import ok
+from processes import status_bytes
 from tornado.httputil import HTTPHeaders
 from waiting import until
 
@@ -41,14 +42,6 @@ TWICE = BLOCK * 2
 RSS_BOUND = 64 * MiB
 
 
-def vm_field(pid: int, name: str) -> int:
-    """``VmRSS``, ``VmHWM``... of ``pid`` in bytes, from /proc/PID/status."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {name} in /proc/{pid}/status")
-
-
 class MemoryWatch:
     """The peak resident memory of a process over a ``with`` block, above where it
     started: the kernel's high-water mark (VmHWM, reset at the start through
@@ -64,11 +57,11 @@ class MemoryWatch:
 
     def _sample(self) -> None:
         while not self._done.wait(self.interval):
-            self.peak = max(self.peak, vm_field(self.pid, "VmRSS"))
+            self.peak = max(self.peak, status_bytes(self.pid, "VmRSS"))
 
     def __enter__(self) -> MemoryWatch:
         Path(f"/proc/{self.pid}/clear_refs").write_text("5")  # resets VmHWM to VmRSS
-        self.start = vm_field(self.pid, "VmRSS")
+        self.start = status_bytes(self.pid, "VmRSS")
         self.peak = self.start
         self._thread.start()
         return self
@@ -76,7 +69,7 @@ class MemoryWatch:
     def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._thread.join()
-        self.peak = max(self.peak, vm_field(self.pid, "VmHWM"))
+        self.peak = max(self.peak, status_bytes(self.pid, "VmHWM"))
 
     @property
     def growth(self) -> int:

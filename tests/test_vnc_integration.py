@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlparse
 
 import aiohttp
 import pytest
-from conftest import start_jupyter
+from conftest import jupyter_with_site
 from processes import (
     as_nobody,
     assert_stopping_leaves_nothing,
@@ -23,7 +23,7 @@ from processes import (
     environ_of,
     find_process,
     wait_gone,
-    xdpyinfo,
+    x_extensions,
 )
 from rfb_wire import SECURITY_VNCAUTH, VERSION, banner, direct_handshake, handshake
 from waiting import until
@@ -300,31 +300,25 @@ def test_failed_logins_do_not_lock_the_user_out(shared_jupyter):
     assert ok[:3] == ("ok", *GEOMETRY), ok
 
 
-def x_extensions(server) -> str:
-    """What xdpyinfo lists of the desktop's X server, as a program in the desktop sees it
-    (its xterm, which the session starts soon after the desktop answers)."""
+def desktop_extensions(server) -> list[str]:
+    """The X server's extensions, as a program in the desktop sees them (its xterm,
+    which the session starts soon after the desktop answers)."""
 
     def the_xterm() -> int | None:
         pids = session_pids(server)
         return next((pid for pid in pids if any("xterm" in a for a in cmdline(pid)[:2])), None)
 
-    xterm = until(the_xterm, 30, "the session's xterm")
-    environ = environ_of(xterm)
-    info = xdpyinfo(environ["DISPLAY"], environ["XAUTHORITY"])
-    return info.split("number of extensions:")[1]
+    environ = environ_of(until(the_xterm, 30, "the session's xterm"))
+    return x_extensions(environ["DISPLAY"], environ["XAUTHORITY"])
 
 
 def test_opengl_is_there_by_default_and_a_site_can_leave_it_out(shared_jupyter, tmp_path):
     vnc_ready(shared_jupyter)
-    assert "GLX" in x_extensions(shared_jupyter)
-    site = tmp_path / "site.toml"
-    site.write_text("[apps.vnc]\nglx = false\n")
-    server = start_jupyter(tmp_path, {"HPC_PROXIES_CONFIG": str(site)})
-    try:
+    assert "GLX" in desktop_extensions(shared_jupyter)
+    with jupyter_with_site(tmp_path, "[apps.vnc]\nglx = false\n") as server:
         vnc_ready(server)
-        assert "GLX" not in x_extensions(server)
-    finally:
-        server.stop_all()
+        extensions = desktop_extensions(server)
+        assert "GLX" not in extensions and "RANDR" in extensions
 
 
 def test_the_launcher_serves_the_desktop_without_loading_openssl(shared_jupyter):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import stat
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -129,19 +128,6 @@ def test_the_desktop_script_says_when_the_x_server_does_not_start(tmp_path):
     assert done.returncode == 1
     assert "/bin/false did not start" in done.stderr
     assert "the session ran" not in done.stdout
-
-
-def test_the_x_cookie_is_private_and_fresh_for_each_start(launch):
-    launch.xauthority.write_bytes(b"")
-    (launch.app_dir / "xstartup").unlink(missing_ok=True)
-    launch = replace(launch, executables={**launch.executables, "vncpasswd": "/usr/bin/vncpasswd"})
-    APP.prepare(launch)
-    first = launch.xauthority.read_bytes()
-    assert len(first) > 16 and stat.S_IMODE(launch.xauthority.stat().st_mode) == 0o600
-    (launch.app_dir / "xstartup").unlink()
-    (launch.app_dir / "passwd").unlink()
-    APP.prepare(launch)
-    assert launch.xauthority.read_bytes() != first
 
 
 def test_turbovnc_gets_its_own_option_names_and_no_rfbport(launch):

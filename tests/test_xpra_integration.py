@@ -23,6 +23,7 @@ from processes import (
     cmdline,
     environ_of,
     find_process,
+    x_extensions,
     xdpyinfo,
 )
 from waiting import until
@@ -280,11 +281,9 @@ def test_the_client_is_served_compressed_once_and_revalidated_through_jupyter(tm
 
 
 # ---------------------------------------------------------------- OpenGL, and what Xpra loads
-def x_extensions(server) -> list[str]:
+def desktop_extensions(server) -> list[str]:
     """The X server's extensions, as a program in the desktop sees them."""
-    info = xdpyinfo(*session_display(server))
-    listed = info.split("number of extensions:", 1)[1].split("default screen number")[0]
-    return listed.split()[1:]
+    return x_extensions(*session_display(server))
 
 
 def mapped_files(pid: int) -> str:
@@ -294,7 +293,7 @@ def mapped_files(pid: int) -> str:
 def test_opengl_is_in_the_desktop_but_xpra_loads_no_mesa_and_no_unused_video(shared_jupyter):
     xpra_ready(shared_jupyter)
     pids = session_pids(shared_jupyter)
-    assert "GLX" in x_extensions(shared_jupyter)
+    assert "GLX" in desktop_extensions(shared_jupyter)
     xpra = find_process(pids, "xpra")
     # Xpra loads its video encoders in a thread once it is up.
     until(lambda: "enc_x264" in mapped_files(xpra), 30, "Xpra's x264 encoder loaded")
@@ -310,15 +309,10 @@ def test_opengl_is_in_the_desktop_but_xpra_loads_no_mesa_and_no_unused_video(sha
 
 
 def test_a_site_turns_opengl_off_and_the_x_server_loads_no_mesa(tmp_path):
-    site = tmp_path / "site.toml"
-    site.write_text("[apps.xpra]\nglx = false\n")
-    server = start_jupyter(tmp_path, {"HPC_PROXIES_CONFIG": str(site)})
-    try:
+    with jupyter_with_site(tmp_path, "[apps.xpra]\nglx = false\n") as server:
         xpra_ready(server)
-        assert "GLX" not in x_extensions(server)
-        assert "Composite" in x_extensions(server)
+        extensions = desktop_extensions(server)
+        assert "GLX" not in extensions and "Composite" in extensions
         xvfb = find_process(session_pids(server), "Xvfb")
         assert "-extension GLX" in " ".join(cmdline(xvfb))
         assert "libLLVM" not in mapped_files(xvfb)
-    finally:
-        server.stop_all()

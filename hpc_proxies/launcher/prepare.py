@@ -13,8 +13,9 @@ from pathlib import Path
 from ..executables import app_env, resolve_app, supported_flags
 from ..layout import APP_SOCKET, LaunchLayout
 from ..problems import CannotStart
-from ..runtime import fresh_private_dir, write_private_file, write_secret
+from ..runtime import fresh_private_dir, write_secret
 from ..spec import AppSpec, Launch
+from ..xdisplay import write_xauthority
 from . import failures
 from .params import ParameterChoices
 
@@ -48,7 +49,7 @@ def prepare_start(
         flags=flags,
     )
     if app.x_display:
-        write_private_file(launch.xauthority, b"")
+        write_xauthority(launch.xauthority)
     if app.prepare is not None:
         app.prepare(launch)
     return launch

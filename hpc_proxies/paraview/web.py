@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
-import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from ..bridge import serve_until_stopped
 from ..wsjoin import Side, join
 from . import HANDSHAKE_TIMEOUT, page
 from .service import PvserverService, StartFailed
@@ -163,24 +162,6 @@ def parse_options(argv: list[str] | None = None) -> tuple[Path, Options]:
         isolate_network=args.isolate_network,
     )
     return args.socket, options
-
-
-async def serve_until_stopped(
-    app: web.Application, socket_path: Path, before_cleanup: Callable[[], Awaitable] | None = None
-) -> None:
-    """Serve ``app`` on a private (0600) unix socket until SIGTERM, SIGINT or SIGHUP."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.UnixSite(runner, str(socket_path)).start()
-    os.chmod(socket_path, 0o600)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    if before_cleanup is not None:
-        await before_cleanup()
-    await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> None:

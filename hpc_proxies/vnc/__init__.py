@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 from ..pages import render_template, static_text
 from ..runtime import read_secret, stand_in_home, write_private_file
 from ..spec import SCREEN_SIZE, AppSpec, Launch, Requirement, Setting, WebBridge, glx_setting
-from ..xdisplay import desktop_script, write_xauthority
+from ..xdisplay import desktop_script
 
 VNCSERVER = "vncserver"
 XTIGERVNC = "Xtigervnc"
@@ -166,8 +166,7 @@ def ready_banners(launch: Launch) -> list[tuple[Path, bytes]]:
 
 
 def prepare(launch: Launch) -> None:
-    """The session script (which puts the user's home back), the X server's cookie (a
-    wrapper adds its own) and the VncAuth password file."""
+    """The session script (which puts the user's home back) and the VncAuth password file."""
     session = str(launch.settings.get("session", DEFAULT_SESSION))
     home = stand_in_home(launch.app_dir)
     xstartup = write_private_file(
@@ -176,8 +175,6 @@ def prepare(launch: Launch) -> None:
         f"# from hpc-proxies\n{home.shell_exports()}{session}\n",
     )
     xstartup.chmod(0o700)
-    launch.xauthority.unlink(missing_ok=True)
-    write_xauthority(launch.xauthority)
     assert launch.secret_file is not None
     obfuscated = subprocess.run(
         [launch.executables["vncpasswd"], "-f"],

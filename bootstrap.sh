@@ -124,6 +124,19 @@ if [ "$mode" = lab ]; then
     --ServerApp.ip="$ip" --ServerApp.port="$port" --ServerApp.port_retries=0
 fi
 
+# JupyterHub's proxy for the deployment tier (tests/deployment/), from the npm registry.
+if ! command -v configurable-http-proxy >/dev/null; then
+  if [ "$(id -u)" -eq 0 ]; then
+    # A Node.js from NodeSource brings its own npm; Debian's nodejs needs the npm package.
+    command -v npm >/dev/null || apt-get install -y -q --no-install-recommends npm
+    say "npm install -g configurable-http-proxy (JupyterHub's proxy, for tests/deployment/)"
+    npm install -g --no-fund --no-audit configurable-http-proxy
+  else
+    echo "Missing: configurable-http-proxy. As root: npm install -g configurable-http-proxy" >&2
+    exit 1
+  fi
+fi
+
 say "ruff"
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .

@@ -4,6 +4,7 @@ hpc-proxies status [--json]     what is in force here, per app, and the Slurm jo
 hpc-proxies check [FILE]        validate a file before deploying it (exit 0 or 1)
 hpc-proxies example-config      a fully commented example covering every key
 hpc-proxies install-kernel paraview [--user|--sys-prefix]   the "ParaView (pvpython)" kernel
+hpc-proxies batchspawner-singleuser [--ip A] [--port-range L-H] CMD...   for batchspawner
 
 and, for a user in a terminal, on their own running Jupyter server:
 
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urljoin
 
-from . import config, netns, running, slurmjob
+from . import config, netns, running, singleuser, slurmjob
 from .apps import APP_MODULES, load_app
 from .executables import MissingExecutables, app_env, requirements, resolve_app, version
 
@@ -227,6 +228,19 @@ def _target_server(args: argparse.Namespace) -> running.JupyterServer:
     return servers[0]
 
 
+def cmd_batchspawner_singleuser(args: argparse.Namespace) -> int:
+    """batchspawner's wrapper of jupyterhub-singleuser, on a chosen address and port."""
+    try:
+        ports = singleuser.parse_port_range(args.port_range) if args.port_range else None
+        env, port = singleuser.prepare(os.environ, args.ip, ports)
+        print(f"hpc-proxies: the hub was told port {port}; starting {args.command[0]}", flush=True)
+        singleuser.exec_command(args.command, env)
+    except singleuser.SingleuserError as err:
+        print(f"hpc-proxies batchspawner-singleuser: {err}", file=sys.stderr)
+        return 1
+    return 0  # not reached: exec_command replaced this process
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     rows = []
     for server in _servers(args):
@@ -349,6 +363,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--setup", help="shell run before the kernel (default: [apps.paraview] setup)"
     )
     kernel.set_defaults(func=cmd_install_kernel)
+    wrapper = sub.add_parser(
+        "batchspawner-singleuser",
+        help="for batchspawner: start the user's server on one address, in a port range",
+        description="Set as batchspawner's batchspawner_singleuser_cmd: picks a free port "
+        "(in --port-range), tells the hub, and starts COMMAND (jupyterhub-singleuser, "
+        "which batchspawner appends) listening on --ip only.",
+    )
+    wrapper.add_argument(
+        "--ip",
+        help="the address to listen on: the one the hub connects to "
+        "(default: what this node's host name resolves to)",
+    )
+    wrapper.add_argument(
+        "--port-range", metavar="LOW-HIGH", help="choose the port here (default: any free port)"
+    )
+    wrapper.add_argument("command", nargs=argparse.REMAINDER, help="the server's command")
+    wrapper.set_defaults(func=cmd_batchspawner_singleuser)
 
     def user_command(name: str, func, help: str, target: str = "") -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help)

@@ -16,6 +16,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import Message
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -229,11 +230,13 @@ def start_jupyter(
     return server
 
 
-def python_for_anyone(directory: Path) -> str:
+def python_for_anyone(directory: Path, scripts: tuple[str, ...] = ()) -> str:
     """A Python that any local user can run, with this venv's packages: the test venv's
     own interpreter may live where only root can reach it (e.g. under /root/.pyenv).
     A venv of the system's Python of the same version, whose .pth adds our site-packages
-    and whose etc/ and share/ are ours (Jupyter looks for its extensions there)."""
+    and whose etc/ and share/ are ours (Jupyter looks for its extensions there). The
+    console ``scripts`` named (``tensorboard``, ``jupyterhub-singleuser``...) are
+    written beside it as pip would: ours name a Python only root may run."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     system = Path("/usr/bin") / version
     if not system.exists():
@@ -247,7 +250,18 @@ def python_for_anyone(directory: Path) -> str:
     )
     for shared in ("etc", "share"):  # Jupyter's server extensions, kernels, lab assets
         (venv / shared).symlink_to(Path(sys.prefix) / shared)
-    return str(venv / "bin" / "python")
+    python = venv / "bin" / "python"
+    found = {ep.name: ep for ep in entry_points(group="console_scripts")}
+    for name in scripts:
+        module, _, attr = found[name].value.partition(":")
+        head, _, rest = attr.partition(".")
+        script = python.parent / name
+        script.write_text(
+            f"#!{python}\nimport sys\nfrom {module} import {head}\n"
+            f"sys.exit({head}{'.' + rest if rest else ''}())\n"
+        )
+        script.chmod(0o755)
+    return str(python)
 
 
 def kill_leftovers(pids: set[int], grace: float = 15) -> None:

@@ -31,6 +31,17 @@ def environ_of(pid: int) -> dict[str, str]:
     )
 
 
+def uids_of(pid: int) -> set[int]:
+    """The real, effective, saved and filesystem uids of ``pid``, from /proc (none if
+    it has ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return set()
+    (line,) = (line for line in status.splitlines() if line.startswith("Uid:"))
+    return {int(uid) for uid in line.split()[1:]}
+
+
 def find_process(pids: set[int], needle: str) -> int:
     for pid in pids:
         if any(needle in arg for arg in cmdline(pid)[:2]):

@@ -1,11 +1,12 @@
 """A second ordinary user of the node attacks the first user's apps, one attempt a test.
 
-The first user (this test's) runs all five apps behind one Jupyter server: Xpra, VNC,
-TensorBoard, RStudio (the stand-in rserver) and ParaView's pvserver. The neighbour is
-a real account of this machine (the ``neighbour`` fixture), with a shell of its own,
-as on a login node: it can list processes, read world-readable files, and connect to
-anything it can name. Root would bypass file permissions, so every attempt runs as the
-neighbour. docs/security.md lists these attempts as the table of what is refused.
+The first user (an ordinary account, ``hpcp-victim``) runs all five apps behind one
+Jupyter server: Xpra, VNC, TensorBoard, RStudio (the stand-in rserver) and ParaView's
+pvserver. The neighbour is a real account of this machine (the ``neighbour`` fixture),
+with a shell of its own, as on a login node: it can list processes, read world-readable
+files, and connect to anything it can name. Root would bypass file permissions, so
+neither the victim nor any attempt runs as root; only this test, looking on, does.
+docs/security.md lists these attempts as the table of what is refused.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import json
 import os
 import stat
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import jupyter_with_site
-from processes import cmdline
+from as_user import anyone_python, users_jupyter
+from conftest import JupyterServer
+from processes import LocalUser, cmdline, ordinary_user, uids_of
 from test_paraview import start_pvserver
 from test_rstudio_integration import RSERVER
 
@@ -27,19 +30,44 @@ APPS = ("xpra", "vnc", "tensorboard", "rstudio", "paraview")
 
 
 @pytest.fixture(scope="module")
-def victim(tmp_path_factory):
-    """A Jupyter server with every app running."""
-    tmp = tmp_path_factory.mktemp("victim")
-    logdir = tmp / "runs"
-    logdir.mkdir()
-    toml = f'[apps.rstudio]\nexecutable = "{RSERVER}"\n[apps.tensorboard]\nlogdir = "{logdir}"\n'
-    with jupyter_with_site(tmp, toml) as server:
+def victim_user() -> LocalUser:
+    """The first user, whose apps the neighbour attacks."""
+    return ordinary_user("hpcp-victim")
+
+
+@pytest.fixture(scope="module")
+def python() -> Iterator[str]:
+    """An interpreter with this venv's packages that the victim can run."""
+    with anyone_python() as python:
+        yield python
+
+
+@pytest.fixture(scope="module")
+def victim(victim_user: LocalUser, python: str) -> Iterator[JupyterServer]:
+    """The victim's Jupyter server, in a directory only the victim can enter, with every
+    app running, as the victim."""
+    toml = f'[apps.rstudio]\nexecutable = "{RSERVER}"\n[apps.tensorboard]\nlogdir = "~/runs"\n'
+    with users_jupyter(victim_user, python, toml, dirs=("home/runs",)) as server:
         for app in APPS:
             server.request(f"/{app}/")  # start them all at once
         for app in APPS:
             server.wait_for_app(f"/{app}/")
         start_pvserver(server)
+        assert_all_run_as(server, victim_user)
         yield server
+
+
+def assert_all_run_as(server: JupyterServer, user: LocalUser) -> None:
+    """The server, every process of every app and every runtime directory are the
+    user's: an attempt that fails against them fails for the neighbour, not because
+    the victim was root."""
+    pids = {server.proc.pid} | server.descendants()
+    assert len(pids) >= 10, "the server and every app's processes"
+    wrong = [(pid, uids_of(pid), cmdline(pid)) for pid in pids if uids_of(pid) - {user.uid}]
+    assert not wrong, wrong
+    for directory in runtime_dirs(server):
+        st = directory.stat()
+        assert (st.st_uid, st.st_gid) == (user.uid, user.gid), directory
 
 
 def run_as(neighbour, script: str, *args: str) -> dict:

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -762,6 +763,11 @@ def test_install_kernel_for_a_user(tmp_path):
     assert python.startswith(str(tmp_path / ".local/share/hpc-proxies/paraview-kernel"))
     assert spec["argv"][1:] == ["-m", "ipykernel_launcher", "-f", "{connection_file}"]
     assert (tmp_path / "data/kernels/paraview/logo-svg.svg").exists()
+    # Every user reads a kernel an admin installed (--sys-prefix): nothing is private.
+    kernel_dir = tmp_path / "data/kernels/paraview"
+    assert stat.S_IMODE(kernel_dir.stat().st_mode) == 0o755
+    for path in kernel_dir.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, path
     imports = subprocess.run(
         [
             python,

@@ -132,6 +132,9 @@ def install(
         "metadata": {"debugger": False, "hpc_proxies": {"python": python, "setup": setup}},
     }
     with tempfile.TemporaryDirectory() as tmp:
+        # install_kernel_spec copies the directory with its mode, and a temporary
+        # directory is 0700: an admin's --sys-prefix kernel would be invisible to users.
+        Path(tmp).chmod(0o755)
         (Path(tmp) / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
         logo = icon_path(KERNEL_NAME)
         if logo:

@@ -1,0 +1,248 @@
+"""Each tile as the user sees it in chromium, wherever JupyterLab is: through the hub
+(``/user/<name>/``) or a plain ``jupyter lab``. Each check clicks the tile (or runs the
+notebook), waits for the first picture the user would recognise, checks its pixels and
+returns the seconds from the click to it.
+
+The checks are those of the apps' own browser tests (``test_*_browser.py``), reused:
+Xpra's xterm on the HTML5 client's canvas, VNC's xterm where the session has it on
+noVNC's canvas, TensorBoard's chart lines, the RStudio stand-in's page, and ParaView's
+view (rendered by pvserver) turning under a drag.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from browser import Box, differing, screenshot, stats, tile, wait_for, wait_for_xpra_xterm
+from PIL import Image
+from playwright.sync_api import BrowserContext, Page
+from processes import cmdline, find_process
+from tb_events import write_experiments
+from test_paraview import sphere_visible
+from test_tensorboard_browser import Browser as TensorBoardBrowser
+from test_tensorboard_browser import evaluate
+from test_vnc_browser import (
+    CANVAS_JS,
+    CONNECTED_JS,
+    NOVNC_OVERLAYS_JS,
+    Session,
+    looks_like_xterm,
+    on_page,
+    x_env,
+    xterm_window,
+)
+
+from hpc_proxies import procs
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+PARAVIEW_NOTEBOOK = CHECKOUT / "examples" / "paraview.ipynb"
+TIMEOUT = 120  # an app's first start in a job on a loaded 2-core machine
+WAKE_AFTER = 3  # openbox may leave the xterm unmapped until its next X event
+
+
+@dataclass
+class Lab:
+    """A user's JupyterLab as the browser reaches it. ``base`` is its URL without the
+    trailing slash (``http://127.0.0.1:8000/user/ada``); ``processes`` lists the
+    processes of the user's server; ``log`` is what a failure shows."""
+
+    base: str
+    name: str  # the screenshots' prefix
+    processes: Callable[[], set[int]]
+    log: Callable[[], str]
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.base).path
+
+    def launcher(self, app: str) -> int:
+        for pid in self.processes():
+            argv = cmdline(pid)
+            if "hpc_proxies.launcher" in argv and argv[argv.index("--app") + 1] == app:
+                return pid
+        raise AssertionError(f"no launcher of {app} among the user's processes")
+
+
+def open_tile(context: BrowserContext, page: Page, title: str) -> tuple[Page, float]:
+    """Click the tile; the new tab and when it was clicked."""
+    card = tile(page, title)
+    card.wait_for(state="visible", timeout=TIMEOUT * 1000)
+    with context.expect_page(timeout=30_000) as new_tab:
+        clicked = time.monotonic()
+        card.click()
+    return new_tab.value, clicked
+
+
+def xpra(lab: Lab, context: BrowserContext, page: Page) -> float:
+    tab, clicked = open_tile(context, page, "Xpra Desktop")
+    wait_for_xpra_xterm(tab, f"{lab.name}-tile", lab)
+    seconds = time.monotonic() - clicked
+    assert urlsplit(tab.url).path.startswith(f"{lab.path}/xpra/"), tab.url
+    return seconds
+
+
+def vnc_session(lab: Lab) -> Session | None:
+    """The VNC desktop's X display and processes, once its xterm runs."""
+    try:
+        launcher = lab.launcher("vnc")
+        pids = {launcher} | procs.descendants(launcher)
+        xterm = find_process(pids, "xterm")
+        rfb = Path(cmdline(launcher)[cmdline(launcher).index("--socket") + 1]).parent
+        return Session(x_env(xterm), find_process(pids, "Xtigervnc"), xterm, rfb / "app/rfb.sock")
+    except (AssertionError, OSError, KeyError):
+        return None
+
+
+def vnc(lab: Lab, context: BrowserContext, page: Page) -> float:
+    tab, clicked = open_tile(context, page, "VNC Desktop")
+    shot_name = f"{lab.name}-vnc"
+    # (evaluate: None while our progress page reloads into noVNC's)
+    wait_for("noVNC to connect", lambda: evaluate(tab, CONNECTED_JS), lab, tab, TIMEOUT)
+    woken = [0]
+
+    def drawn() -> bool:
+        session = vnc_session(lab)
+        win = xterm_window(session) if session else None
+        if win is None:
+            if time.monotonic() - clicked > WAKE_AFTER * (woken[0] + 1):
+                c = evaluate(tab, CANVAS_JS)
+                if c is None:
+                    return False
+                tab.mouse.click(c["x"] + c["w"] - 20, c["y"] + c["h"] - 20)
+                woken[0] += 1
+            return False
+        if evaluate(tab, CANVAS_JS) is None:
+            return False
+        box = on_page(tab, win)
+        overlays = [Box.of(o) for o in evaluate(tab, NOVNC_OVERLAYS_JS) or []]
+        shot = screenshot(tab, shot_name)
+        if any(o.overlaps(box) for o in overlays):
+            return False
+        return looks_like_xterm(stats(box.crop(shot)))
+
+    wait_for("the VNC xterm to be drawn", drawn, lab, tab, TIMEOUT, interval=0.2)
+    seconds = time.monotonic() - clicked
+    assert urlsplit(tab.url).path.startswith(f"{lab.path}/vnc/"), tab.url
+    return seconds
+
+
+def tensorboard(lab: Lab, context: BrowserContext, page: Page, home: Path) -> float:
+    """TensorBoard on the event files of ``home`` (the server's root directory), which
+    must have been written (``write_runs``) before TensorBoard starts."""
+    tab, clicked = open_tile(context, page, "TensorBoard")
+    b = TensorBoardBrowser(lab, context, page, prefix=f"{lab.name}-tensorboard")
+    loss = b.chart(tab, "loss", "loss")
+    seconds = time.monotonic() - clicked
+    assert loss.falls, f"the loss line does not fall: {loss}"
+    assert b.chart(tab, "accuracy", "accuracy").rises
+    assert urlsplit(tab.url).path == f"{lab.path}/tensorboard/", tab.url
+    return seconds
+
+
+def write_runs(home: Path, give: Callable[[Path], None]) -> None:
+    """Real event files in ``home/experiments``, the user's own."""
+    write_experiments(home)
+    give(home / "experiments")
+
+
+def rstudio(lab: Lab, context: BrowserContext, page: Page) -> float:
+    tab, clicked = open_tile(context, page, "RStudio")
+    tab.wait_for_selector("#redirect", timeout=TIMEOUT * 1000)  # past the progress page
+    seconds = time.monotonic() - clicked
+    screenshot(tab, f"{lab.name}-rstudio")
+    assert tab.title() == "RStudio" and urlsplit(tab.url).path == f"{lab.path}/rstudio/"
+    # rserver's redirect to another host comes back through the same JupyterLab URL.
+    tab.click("#redirect")
+    tab.wait_for_selector("#landed", timeout=30_000)
+    assert urlsplit(tab.url).path == f"{lab.path}/rstudio/landed", tab.url
+    return seconds
+
+
+def copy_notebook(home: Path, give: Callable[[Path], None]) -> str:
+    """examples/paraview.ipynb in the user's home; its name there."""
+    target = home / PARAVIEW_NOTEBOOK.name
+    shutil.copy(PARAVIEW_NOTEBOOK, target)
+    give(target)
+    return target.name
+
+
+VIEW_FRAME_JS = """() => {
+  for (const f of document.querySelectorAll('.jp-OutputArea-output iframe')) {
+    const r = f.getBoundingClientRect();
+    if (/paraview\\/view\\//.test(f.src) && r.width > 100 && r.height > 100)
+      return {src: f.getAttribute('src'), x: r.left, y: r.top, w: r.width, h: r.height};
+  }
+  return null;
+}"""
+PNG_OUTPUT_JS = """() => {
+  const img = document.querySelector('.jp-OutputArea-output img');
+  return !!(img && img.complete && img.naturalWidth > 100);
+}"""
+
+
+def paraview(lab: Lab, context: BrowserContext, notebook: str) -> float:
+    """Open the example notebook in JupyterLab, run all its cells on the ParaView
+    kernel, and drag in the interactive view: the picture turns. Seconds from "Run All"
+    to pvserver's first picture (the PNG cell's output)."""
+    page = context.new_page()
+    page.goto(f"{lab.base}/lab/tree/{notebook}")
+    wait_for(
+        "the ParaView kernel to be idle",
+        lambda: "ParaView (pvpython) | Idle" in page.inner_text(".jp-StatusBar-Widget"),
+        lab,
+        page,
+        TIMEOUT,
+        interval=0.25,
+    )
+    page.click("li.lm-MenuBar-item:has-text('Run')")
+    started = time.monotonic()
+    page.click("li.lm-Menu-item:has-text('Run All Cells')")
+    wait_for("pvserver's picture", lambda: page.evaluate(PNG_OUTPUT_JS), lab, page, TIMEOUT)
+    seconds = time.monotonic() - started
+    frame = wait_for("the interactive view", lambda: page.evaluate(VIEW_FRAME_JS), lab, page, 60)
+    assert frame["src"].startswith(f"{lab.path}/paraview/view/"), frame
+    page.evaluate("() => document.querySelector('.jp-OutputArea-output iframe').scrollIntoView()")
+    frame = page.evaluate(VIEW_FRAME_JS)
+    view = Box.of(frame, inset=4)
+    inner = page.frame_locator(".jp-OutputArea-output iframe").first
+
+    def frames() -> int:
+        return inner.locator("body").evaluate("() => (window.paraviewFrames || []).length")
+
+    wait_for("the view's first frame", lambda: frames() >= 1, lab, page, 60)
+    page.wait_for_timeout(500)  # the frame's image is decoded and drawn
+    before = view.crop(screenshot(page, f"{lab.name}-paraview-before"))
+    ok, why = sphere_visible(png_bytes(before))
+    assert ok, why
+    count = frames()
+    cx, cy = view.x + view.w // 2, view.y + view.h // 2
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    for step in range(1, 16):
+        page.mouse.move(cx + step * 10, cy + step * 3)
+        page.wait_for_timeout(30)
+    page.mouse.up()
+    wait_for("a new frame after the drag", lambda: frames() > count, lab, page, 60)
+    page.wait_for_timeout(800)
+    after = view.crop(screenshot(page, f"{lab.name}-paraview-after"))
+    # The example's sphere is one colour, the same from every side: what shows the turn
+    # is the orientation axes in the view's lower left corner, which turn with it.
+    w, h = before.size
+    corner = (0, int(h * 0.7), int(w * 0.2), h)
+    changed = differing(before.crop(corner), after.crop(corner))
+    assert changed > 0.01, f"only {changed:.2%} of the orientation axes' pixels changed"
+    ok, why = sphere_visible(png_bytes(after))
+    assert ok, why
+    return seconds
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()

@@ -73,6 +73,7 @@ c.SlurmSpawner.req_nprocs = "1"
 c.SlurmSpawner.state_exechost_exp = "127.0.0.1"
 c.Spawner.environment["SLURM_CONF"] = {slurm_conf!r}
 c.SlurmSpawner.startup_poll_interval = 0.25
+c.Spawner.poll_interval = 5  # the hub notices a scancel'ed server sooner (default 30 s)
 """
 
 
@@ -181,6 +182,20 @@ class Hub:
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode(errors="replace")
 
+    def post(self, path: str) -> tuple[int, dict]:
+        """POST ``path`` through the hub's proxy with the token; its JSON answer."""
+        request = urllib.request.Request(
+            f"{self.url}{path}",
+            method="POST",
+            data=b"",
+            headers={"Authorization": f"token {self.token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as err:
+            return err.code, {"body": err.read().decode(errors="replace")}
+
     def job_of(self, user: HubUser) -> str | None:
         """The Slurm job of the user's server, from the hub's own record of it."""
         status, model = self.api("GET", f"users/{user.name}")
@@ -210,6 +225,18 @@ class Hub:
         except AssertionError as err:
             raise AssertionError(f"{err}; last {seen}\n{self.log()}") from None
         return seen["servers"][""]
+
+    def wait_stopped(self, user: HubUser, timeout: float = 60) -> None:
+        """Until the hub has no server of the user's, and nothing pending (a stop)."""
+
+        def stopped() -> bool:
+            status, model = self.api("GET", f"users/{user.name}")
+            return status == 200 and not model.get("servers") and not model.get("pending")
+
+        try:
+            until(stopped, timeout, f"the hub to see {user.name}'s server stopped", interval=0.25)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{self.log()}") from None
 
     def spawn(self, user: HubUser) -> dict:
         status, body = self.api("POST", f"users/{user.name}/server")

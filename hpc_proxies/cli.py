@@ -21,7 +21,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from . import config, netns, running, singleuser, slurmjob
 from .apps import APP_MODULES, load_app
@@ -232,9 +232,11 @@ def cmd_batchspawner_singleuser(args: argparse.Namespace) -> int:
     """batchspawner's wrapper of jupyterhub-singleuser, on a chosen address and port."""
     try:
         ports = singleuser.parse_port_range(args.port_range) if args.port_range else None
+        program, argv = singleuser.resolve_command(args.command, os.environ)
         env, port = singleuser.prepare(os.environ, args.ip, ports)
-        print(f"hpc-proxies: the hub was told port {port}; starting {args.command[0]}", flush=True)
-        singleuser.exec_command(args.command, env)
+        where = urlsplit(env["JUPYTERHUB_SERVICE_URL"]).netloc
+        print(f"hpc-proxies: {argv[0]} listens on {where} (the hub was told port {port})")
+        singleuser.exec_command(program, argv, env)
     except singleuser.SingleuserError as err:
         print(f"hpc-proxies batchspawner-singleuser: {err}", file=sys.stderr)
         return 1

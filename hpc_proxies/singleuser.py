@@ -45,7 +45,23 @@ class SingleuserError(Exception):
 def default_ip() -> str:
     """The address the node's own name resolves to: batchspawner's hub connects to the
     host name Slurm reports for the job (``squeue %B``), so this is what it reaches."""
-    return socket.gethostbyname(socket.gethostname())
+    name = socket.gethostname()
+    try:
+        return socket.gethostbyname(name)
+    except OSError as err:
+        raise SingleuserError(
+            f"this node's name {name!r} does not resolve ({err}): give the address the hub "
+            "connects to with --ip"
+        ) from err
+
+
+def check_ip(ip: str) -> str:
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        raise SingleuserError(
+            f"--ip {ip!r}: expected an IP address of this node, e.g. 10.1.2.3"
+        ) from None
 
 
 def parse_port_range(text: str) -> range:
@@ -66,7 +82,7 @@ def parse_port_range(text: str) -> range:
 
 def free_port(ip: str, ports: range | None) -> int:
     """A port nothing listens on at ``ip``: any (the kernel's choice) or one in ``ports``."""
-    family = socket.AF_INET6 if ipaddress.ip_address(ip).version == 6 else socket.AF_INET
+    family = socket.AF_INET6 if ipaddress.ip_address(check_ip(ip)).version == 6 else socket.AF_INET
     candidates = [0] if ports is None else [secrets.choice(ports) for _ in range(ATTEMPTS)]
     for port in candidates:
         with socket.socket(family) as probe:
@@ -122,9 +138,15 @@ class Hub:
         """JupyterHub's internal TLS, where the site turned it on."""
         if not self.api_url.startswith("https://"):
             return None
-        context = ssl.create_default_context(cafile=self.client_ca)
-        if self.certfile and self.keyfile:
-            context.load_cert_chain(self.certfile, self.keyfile)
+        try:
+            context = ssl.create_default_context(cafile=self.client_ca)
+            if self.certfile and self.keyfile:
+                context.load_cert_chain(self.certfile, self.keyfile)
+        except OSError as err:  # ssl.SSLError is one too
+            raise SingleuserError(
+                f"JupyterHub's internal TLS files cannot be used ({err}): check "
+                "JUPYTERHUB_SSL_CLIENT_CA, JUPYTERHUB_SSL_CERTFILE and JUPYTERHUB_SSL_KEYFILE"
+            ) from err
         return context
 
     def tell_port(self, port: int, timeout: float = 30) -> None:
@@ -135,8 +157,13 @@ class Hub:
             method="POST",
             headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
         )
+        # The hub's API is on the cluster's own network: never through a site's web proxy
+        # (http_proxy in the job's environment), which could not reach it or would see it.
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=self._context())
+        )
         try:
-            with urllib.request.urlopen(request, timeout=timeout, context=self._context()):  # noqa: S310
+            with opener.open(request, timeout=timeout):
                 return
         except urllib.error.HTTPError as err:
             hint = (
@@ -154,12 +181,25 @@ class Hub:
             ) from err
 
 
+def resolve_command(command: list[str], env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """The program to exec and its argv, checked before the hub is told a port where
+    nothing would ever listen."""
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise SingleuserError("no command: batchspawner appends jupyterhub-singleuser's")
+    program = shutil.which(command[0], path=env.get("PATH"))
+    if program is None:
+        raise SingleuserError(f"{command[0]!r} not found on the job's PATH")
+    return program, list(command)
+
+
 def prepare(
     env: Mapping[str, str], ip: str | None, ports: range | None
 ) -> tuple[dict[str, str], int]:
     """The environment to start the user's server with, and its port (told to the hub)."""
     hub = Hub.from_env(env)
-    address = ip or default_ip()
+    address = check_ip(ip) if ip else default_ip()
     port = free_port(address, ports)
     hub.tell_port(port)
     new_env = dict(env)
@@ -168,15 +208,8 @@ def prepare(
     return new_env, port
 
 
-def exec_command(command: list[str], env: dict[str, str]) -> None:
-    """Replace this process with ``command``: the job's step then tracks the server."""
-    if command[:1] == ["--"]:
-        command = command[1:]
-    if not command:
-        raise SingleuserError("no command: batchspawner appends jupyterhub-singleuser's")
-    program = shutil.which(command[0], path=env.get("PATH"))
-    if program is None:
-        raise SingleuserError(f"{command[0]!r} not found on the job's PATH")
+def exec_command(program: str, argv: list[str], env: dict[str, str]) -> None:
+    """Replace this process with the server: the job's step then tracks it."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(program, command, env)  # noqa: S606 (argv, no shell: nothing to quote)
+    os.execve(program, argv, env)  # noqa: S606 (argv, no shell: nothing to quote)

@@ -24,7 +24,7 @@ from processes import (
     ordinary_user,
     uids_of,
 )
-from test_neighbour import files_below, run_as
+from test_neighbour import CONNECT_TO_SOCKETS, LIST_DIRECTORIES, files_below, run_as
 from test_paraview import start_pvserver
 from test_rstudio_integration import RSERVER
 
@@ -50,28 +50,6 @@ PROGRAMS = {
     "rstudio": ("rserver",),
     "paraview": ("paraview/server.py", "Xvfb"),
 }
-
-#: Tries, as the neighbour, to list the directory (argv[1]) and to connect to each
-#: socket (the rest); prints what happened to each.
-ATTEMPTS = """
-    import json, os, socket, sys
-    out = {}
-    try:
-        os.listdir(sys.argv[1])
-        out[sys.argv[1]] = "listed"
-    except OSError as err:
-        out[sys.argv[1]] = type(err).__name__
-    for path in sys.argv[2:]:
-        s = socket.socket(socket.AF_UNIX)
-        try:
-            s.connect(path)
-            out[path] = "connected"
-        except OSError as err:
-            out[path] = type(err).__name__
-        finally:
-            s.close()
-    print(json.dumps(out))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +95,8 @@ def test_the_app_runs_as_the_user_and_keeps_the_neighbour_out(
         assert sockets, f"no socket in {runtime}"
         owners = {str(path): path.lstat().st_uid for path in sockets}
         assert set(owners.values()) == {app_user.uid}, owners
-        tried = run_as(neighbour, ATTEMPTS, str(runtime), *map(str, sockets))
+        tried = run_as(neighbour, LIST_DIRECTORIES, str(runtime))
+        tried |= run_as(neighbour, CONNECT_TO_SOCKETS, *map(str, sockets))
         assert len(tried) == 1 + len(sockets), tried
         assert set(tried.values()) == {"PermissionError"}, tried
 

@@ -70,6 +70,35 @@ def assert_all_run_as(server: JupyterServer, user: LocalUser) -> None:
         assert (st.st_uid, st.st_gid) == (user.uid, user.gid), directory
 
 
+#: The neighbour's attempts shared with test_apps_as_user: list each directory, connect
+#: to each unix socket (argv); print what happened to each, as JSON.
+LIST_DIRECTORIES = """
+import json, os, sys
+out = {}
+for d in sys.argv[1:]:
+    try:
+        os.listdir(d)
+        out[d] = "listed"
+    except OSError as err:
+        out[d] = type(err).__name__
+print(json.dumps(out))
+"""
+CONNECT_TO_SOCKETS = """
+import json, socket, sys
+out = {}
+for path in sys.argv[1:]:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        out[path] = "connected"
+    except OSError as err:
+        out[path] = type(err).__name__
+    finally:
+        s.close()
+print(json.dumps(out))
+"""
+
+
 def run_as(neighbour, script: str, *args: str) -> dict:
     """Run ``script`` (Python) as the neighbour; it prints one JSON object."""
     done = neighbour.run("/usr/bin/python3", "-c", textwrap.dedent(script), *args, timeout=60)
@@ -160,17 +189,7 @@ def test_the_neighbour_cannot_enter_the_runtime_directories(victim, neighbour):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     result = run_as(
         neighbour,
-        """
-        import json, os, sys
-        out = {}
-        for d in sys.argv[1:]:
-            try:
-                os.listdir(d)
-                out[d] = "listed"
-            except OSError as err:
-                out[d] = type(err).__name__
-        print(json.dumps(out))
-        """,
+        LIST_DIRECTORIES,
         *map(str, dirs),
     )
     assert set(result.values()) == {"PermissionError"}, result
@@ -183,20 +202,7 @@ def test_the_neighbour_cannot_connect_to_any_socket(victim, neighbour):
     assert len(sockets) >= 8, sockets
     result = run_as(
         neighbour,
-        """
-        import json, socket, sys
-        out = {}
-        for path in sys.argv[1:]:
-            s = socket.socket(socket.AF_UNIX)
-            try:
-                s.connect(path)
-                out[path] = "connected"
-            except OSError as err:
-                out[path] = type(err).__name__
-            finally:
-                s.close()
-        print(json.dumps(out))
-        """,
+        CONNECT_TO_SOCKETS,
         *map(str, sockets),
     )
     assert set(result.values()) == {"PermissionError"}, result

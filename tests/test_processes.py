@@ -261,6 +261,35 @@ def test_stop_ends_a_double_forked_orphan_in_a_session_of_its_own():
     assert result["children"] == []
 
 
+def test_stop_leaves_an_older_child_in_another_session_alone():
+    """A process the host started before the app, in a session of its own (a test
+    suite's Slurm daemons, started before an in-process launcher): a child of ours, but
+    older than every process of the run, so not an orphan of the app's. Stopping the
+    group ended the test cluster's slurmctld and slurmd once."""
+    result = run_in_subreaper(
+        """
+        daemon = subprocess.Popen(["sleep", "100"], start_new_session=True)
+        # /proc's start times count clock ticks since boot, as /proc/uptime does: the
+        # app must start in a later tick than the daemon for the two to be told apart.
+        stat = open(f"/proc/{daemon.pid}/stat").read().rsplit(")", 1)[1].split()
+        daemon_tick = int(stat[19]) / os.sysconf("SC_CLK_TCK")
+        uptime = lambda: float(open("/proc/uptime").read().split()[0])  # noqa: E731
+        await until_async(lambda: uptime() > daemon_tick + 0.02, 5, "a later tick")
+        group = ProcessGroup(adopts_orphans=True, stop_grace=1.0)
+        app = group.spawn("app", ["sh", "-c", "setsid sleep 100 & exec sleep 100"], ENV)
+        await until_async(lambda: len(procs.descendants(os.getpid())) >= 3, 5, "the orphan")
+        await group.stop()
+        group.close()
+        left = {"daemon": procs.proc_info(daemon.pid).state != "Z"}
+        left["others"] = sorted(procs.descendants(os.getpid()) - {daemon.pid})
+        daemon.kill()
+        daemon.wait()
+        return {"app": await app.wait(), **left}
+        """
+    )
+    assert result == {"app": -signal.SIGTERM, "daemon": True, "others": []}
+
+
 def test_stop_leaves_a_helper_and_its_children_alone():
     """A helper a worker thread runs (in our session) is not the app's, nor is what
     it starts: a stop meanwhile must not end the helper's ``cat``."""

@@ -117,6 +117,11 @@ class ProcessGroup:
         self._uncollected: set[int] = set()
         self._orphan_handler = False
         self._orphan_scan_due = False
+        #: When the current run's first process started: an adopted orphan is younger.
+        #: A process of ours that is older (a daemon a host process started in a
+        #: session of its own before the app, as a test suite's cluster) is not the
+        #: app's, and a stop must never touch it.
+        self._run_started: float | None = None
         #: Held while the group stops: a second stop() (a shutdown during a clean-up)
         #: waits for the first, so when any stop() returns nothing it stopped runs.
         self._stopping = asyncio.Lock()
@@ -131,6 +136,9 @@ class ProcessGroup:
         process = ManagedProcess(name, list(argv), popen)
         self.members.append(process)
         self._uncollected.add(popen.pid)
+        born = procs.start_time(popen.pid)
+        if born is not None and (self._run_started is None or born < self._run_started):
+            self._run_started = born
         self.log(f"started pid {popen.pid}: {' '.join(argv)}")
         assert popen.stdout is not None
         os.set_blocking(popen.stdout.fileno(), False)
@@ -212,8 +220,14 @@ class ProcessGroup:
             alive |= procs.session_members(leader, snapshot)
             alive |= procs.descendants(leader, snapshot)
         if self.adopts_orphans:
-            alive |= procs.descendants(os.getpid(), snapshot) - self._helpers(snapshot)
+            orphans = procs.descendants(os.getpid(), snapshot) - self._helpers(snapshot)
+            alive |= {pid for pid in orphans if self._started_in_this_run(pid)}
         return alive - {os.getpid()}
+
+    def _started_in_this_run(self, pid: int) -> bool:
+        """``pid`` started no earlier than the run's first process (None: no run yet)."""
+        born = procs.start_time(pid)
+        return self._run_started is not None and born is not None and born >= self._run_started
 
     @staticmethod
     def _helpers(snapshot: list[procs.ProcInfo]) -> set[int]:
@@ -241,6 +255,7 @@ class ProcessGroup:
                 self.log(f"still running after {self.stop_grace:.0f} s, killing: {sorted(left)}")
                 procs.send(left, signal.SIGKILL)
                 await until(lambda: not self.tree(leaders), 2.0)
+        self._run_started = None
         for member in members:
             # Its exit is collected from its pidfd; wait for that, briefly, so the
             # caller sees every exit reported before the group is gone.

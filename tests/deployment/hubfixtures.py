@@ -259,6 +259,16 @@ def user_processes(user: HubUser) -> set[int]:
     return found
 
 
+def server_process(user: HubUser) -> int:
+    """The user's ``jupyterhub-singleuser`` (the site venv's Python running it)."""
+    (server,) = {
+        pid
+        for pid in user_processes(user)
+        if cmdline(pid)[1:2] and cmdline(pid)[1].endswith("/jupyterhub-singleuser")
+    }
+    return server
+
+
 def launchers(pids: set[int]) -> dict[str, int]:
     """The hpc-proxies launcher of each app among ``pids``, by app name."""
     found = {}

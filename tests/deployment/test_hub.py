@@ -37,6 +37,7 @@ from hubfixtures import (
     launchers,
     running_hub,
     runtime_dir_of,
+    server_process,
     user_processes,
 )
 from playwright.sync_api import Page
@@ -225,11 +226,7 @@ def app_targets(hub: Hub, ada: HubUser) -> tuple[dict, list[str]]:
         with contextlib.suppress(OSError, KeyError):
             displays.add(environ_of(pid)["DISPLAY"])
     # The port batchspawner-singleuser told the hub (it set it in the server's URL).
-    (server,) = {
-        p
-        for p in user_processes(ada)
-        if cmdline(p)[1:2] and cmdline(p)[1].endswith("/jupyterhub-singleuser")
-    }
+    server = server_process(ada)
     service_url = urlsplit(environ_of(server)["JUPYTERHUB_SERVICE_URL"])
     assert service_url.hostname == "127.0.0.1", service_url
     http_port = service_url.port
@@ -356,10 +353,12 @@ KILL_WAIT = 5  # tests/slurm.py's KillWait
 SLACK = 5  # scancel's way to the node, and this test's polling
 
 
-def job_pids(cluster, job: str) -> set[int]:
-    """``scontrol listpids``: the processes Slurm tracks in the job, every step."""
+def job_pids(cluster, job: str) -> dict[int, str]:
+    """``scontrol listpids``: the processes Slurm tracks in the job, with their step
+    (``0``, ``batch``, ...)."""
     done = cluster.run("scontrol", "listpids", job)
-    return {int(line.split()[0]) for line in done.stdout.splitlines()[1:] if line.strip()}
+    rows = [line.split() for line in done.stdout.splitlines()[1:] if line.strip()]
+    return {int(row[0]): row[2] for row in rows}
 
 
 def what_is_left(ada: HubUser, dirs: list[Path]) -> dict:
@@ -386,7 +385,8 @@ def wait_for_nothing(hub: Hub, ada: HubUser, dirs: list[Path], since: float) -> 
 
 def running_everything(hub: Hub, ada: HubUser, slurm_cluster) -> tuple[str, list[Path]]:
     """ada's job, with every app running in it; its id and the apps' runtime dirs. Every
-    process of ada's is one Slurm tracks in the job (her apps daemonise nowhere)."""
+    process of ada's is one Slurm tracks in the job (her apps daemonise nowhere), and
+    every app process is in the server's own step (batchspawner's ``srun``)."""
     ensure_apps(hub, ada)
     job = hub.job_of(ada)
     assert job is not None
@@ -394,9 +394,12 @@ def running_everything(hub: Hub, ada: HubUser, slurm_cluster) -> tuple[str, list
     apps = tiles_processes(lab)
     assert len(launchers(lab.processes())) == 5
     tracked = job_pids(slurm_cluster, job)
-    assert apps <= tracked, {p: cmdline(p) for p in apps - tracked}
+    assert apps <= tracked.keys(), {p: cmdline(p) for p in apps - tracked.keys()}
     everything = user_processes(ada)
-    assert everything <= tracked, {p: cmdline(p) for p in everything - tracked}
+    assert everything <= tracked.keys(), {p: cmdline(p) for p in everything - tracked.keys()}
+    step = tracked[server_process(ada)]
+    assert step.isdigit(), f"the server runs in step {step!r}, not in srun's"
+    assert {tracked[p] for p in apps} == {step}, {p: tracked[p] for p in apps}
     dirs = [runtime_dir_of(pid) for pid in launchers(lab.processes()).values()]
     return job, dirs
 

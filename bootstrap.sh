@@ -22,7 +22,7 @@ apt_packages=(
   python3 python3-venv python3-pip
   xpra python3-pil python3-lz4 xvfb xterm xauth x11-utils xclip
   tigervnc-standalone-server tigervnc-tools novnc openbox x11-xserver-utils
-  paraview python3-paraview python3-ipykernel
+  paraview python3-paraview python3-ipykernel openmpi-bin
   iproute2 procps util-linux
   chromium fonts-dejavu-core xfonts-base
   ca-certificates
@@ -32,7 +32,7 @@ apt_packages=(
   slurm-wlm munge libpmix-dev sudo
 )
 # Executables those packages provide, checked when we cannot install as root.
-needed_commands=(python3 pvserver xpra Xvfb xterm xdpyinfo xclip vncserver vncpasswd openbox xrandr ss setpriv chromium
+needed_commands=(python3 pvserver mpiexec xpra Xvfb xterm xdpyinfo xclip vncserver vncpasswd openbox xrandr ss setpriv chromium
   sbatch squeue scontrol slurmctld slurmd munged)
 
 say() { printf '\n==> %s\n' "$*"; }

@@ -177,6 +177,18 @@ def browser_frames(server) -> tuple[float, float]:
     return statistics.median(f[0] for f in frames), statistics.median(f[1] for f in frames)
 
 
+def report_runs(base: list[dict], other: list[dict], base_name: str, other_name: str) -> float:
+    """Connect, first picture and frame of the client's runs, ``other`` against ``base``;
+    the median frame of ``base`` (ms)."""
+    for key, label in (("connect", "Time to connect"), ("picture", "Time to first picture")):
+        report(label, [r[key] for r in base], [r[key] for r in other], base_name)
+    d = statistics.median(r["frame_ms"] for r in base)
+    p = statistics.median(r["frame_ms"] for r in other)
+    print(f"Frame (turn, render on pvserver, JPEG): {base_name} {d:.1f} ms, {other_name}")
+    print(f"  {p:.1f} ms; ratio {p / d:.2f}")
+    return d
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -190,12 +202,7 @@ def main() -> None:
         for _ in range(args.runs):
             direct.append(direct_run())
             proxied.append(proxied_run(server))
-        for key, label in (("connect", "Time to connect"), ("picture", "Time to first picture")):
-            report(label, [r[key] for r in direct], [r[key] for r in proxied], "pvserver by hand")
-        d = statistics.median(r["frame_ms"] for r in direct)
-        p = statistics.median(r["frame_ms"] for r in proxied)
-        print(f"Frame (turn, render on pvserver, JPEG): by hand {d:.1f} ms, via hpc-proxies")
-        print(f"  {p:.1f} ms; ratio {p / d:.2f}")
+        d = report_runs(direct, proxied, "pvserver by hand", "via hpc-proxies")
         if args.browser:
             rtt, render = browser_frames(server)
             print(f"Frame in Chromium through Jupyter: {rtt:.0f} ms round trip, of which")

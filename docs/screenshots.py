@@ -36,6 +36,7 @@ TESTS = [
     "tests/test_tensorboard_browser.py::"
     "test_tile_draws_the_charts_and_the_logdir_is_switched_from_the_browser",
     "tests/test_paraview.py::test_interactive_view_in_the_browser",
+    "tests/test_paraview_mpi.py::test_two_ranks_each_render_their_partition",
     "tests/test_running_panel_browser.py::"
     "test_a_second_desktop_from_the_launcher_draws_its_own_xterm",
     "tests/test_running_panel_browser.py::"
@@ -60,6 +61,8 @@ PICTURES = {
     # After a drag has turned it: the sphere is coloured by its normals' X.
     "paraview-view.png": Picture("paraview-view-after.png", dither=True),
     "paraview-status.png": Picture("paraview-status.png"),
+    # pvserver on 2 MPI ranks: a sphere coloured by ProcessId, one colour per rank.
+    "paraview-mpi-2-ranks.png": Picture("paraview-mpi-2-ranks.png", dither=True),
     # JupyterLab's Running panel with two desktops, then one's log opened from it.
     "running-panel.png": Picture("running-panel-two.png"),
     "running-log.png": Picture("running-panel-log.png"),

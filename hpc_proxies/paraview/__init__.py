@@ -26,6 +26,8 @@ from ..spec import AppSpec, Launch, Requirement, Setting
 #: Debian's python3-paraview is importable by Debian's own Python.
 DEFAULT_PYTHON = "/usr/bin/python3"
 RENDERING_MODES = ("xvfb", "display", "egl")
+#: How pvserver is launched: one process here, or ``ranks`` MPI ranks with ``mpiexec``.
+ENGINES = ("local", "mpiexec")
 #: Seconds a client let through the relay has, unless the site sets
 #: ``handshake_timeout``, to finish ParaView's handshake: pvserver serves one client and
 #: waits on the first, so one that stalls would hold everyone.
@@ -72,7 +74,13 @@ def command(launch: Launch) -> list[str]:
         str(settings.get("handshake_timeout", HANDSHAKE_TIMEOUT)),
         "--isolate-network",
         str(settings.get("isolate_network", "auto")),
+        "--engine",
+        str(settings.get("engine", "local")),
+        "--ranks",
+        str(settings.get("ranks", 2)),
     ]
+    if "mpiexec" in launch.executables:
+        argv += ["--mpiexec", launch.executables["mpiexec"]]
     if "Xvfb" in launch.executables:
         argv += ["--xvfb", launch.executables["Xvfb"]]
     return argv
@@ -89,6 +97,14 @@ def requires(settings: Mapping[str, object]) -> tuple[Requirement, ...]:
     ]
     if str(settings.get("rendering") or "xvfb") == "xvfb":
         reqs.append(Requirement("Xvfb", "on Debian/Ubuntu: apt install xvfb"))
+    if str(settings.get("engine") or "local") == "mpiexec":
+        reqs.append(
+            Requirement(
+                "mpiexec",
+                "the MPI that ParaView was built with (Debian/Ubuntu: apt install "
+                "openmpi-bin), or `setup` that loads it (e.g. 'module load OpenMPI')",
+            )
+        )
     return tuple(reqs)
 
 
@@ -103,6 +119,23 @@ APP = AppSpec(
     max_instances=1,  # one pvserver service per user; kernels share it
     html_paths=(),
     settings=(
+        Setting(
+            "engine",
+            str,
+            "local",
+            "How pvserver runs: 'local' (one process on the Jupyter server's node) or "
+            "'mpiexec' (`ranks` MPI ranks with `mpiexec`, on this node or in the "
+            "allocation the Jupyter server's job holds). The notebook code is the same.",
+            choices=ENGINES,
+        ),
+        Setting(
+            "ranks",
+            int,
+            2,
+            "pvserver's MPI ranks with engine = 'mpiexec'.",
+            minimum=1,
+            example=4,
+        ),
         Setting(
             "rendering",
             str,

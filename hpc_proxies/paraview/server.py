@@ -9,7 +9,9 @@ server loop as the pvserver executable (``vtkInitializationHelper`` as a server,
 hands ParaView its options in memory: the connect-id comes from a 0600 file.
 
 It also skips MPI initialisation for a serial server (``--no-mpi``): Debian's pvserver
-initialises OpenMPI, which opens a TCP listener of its own on every interface.
+initialises OpenMPI, which opens a TCP listener of its own on every interface. Under
+``mpiexec`` (the ``mpiexec`` engine) every rank runs this script: rank 0 serves the
+client and says what happens; the others serve rank 0.
 
 It prints one line per state change, read by the ParaView service::
 
@@ -83,19 +85,27 @@ def main(argv: list[str] | None = None) -> int:
     # every stop; being stopped is normal here, and the service cleans up after us.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     process_module = vtkProcessModule.GetProcessModule()
+    controller = process_module.GetGlobalController()
+    # Under mpiexec, rank 0 serves the client; the other ranks (satellites) serve rank 0.
+    rank = controller.GetLocalProcessId() if controller is not None else 0
     session = vtkPVSessionServer()
-    say("listening", port)
+    if rank == 0:
+        say("listening", port)
     code = 0
     if session.Connect():
-        say("connected")
         process_module.RegisterSession(session)
-        network = process_module.GetNetworkAccessManager()
-        while network.ProcessEvents(0) != -1:
-            pass
+        if rank == 0:
+            say("connected")
+            network = process_module.GetNetworkAccessManager()
+            while network.ProcessEvents(0) != -1:
+                pass
+        else:
+            controller.ProcessRMIs()
         process_module.UnRegisterSession(session)
     else:
         code = EXIT_NO_PORT
-    say("exiting", code)
+    if rank == 0:
+        say("exiting", code)
     del session
     vtkInitializationHelper.Finalize()
     return code

@@ -33,7 +33,7 @@ from .. import netns
 from ..runtime import ensure_private_dir, fresh_private_dir, remove_tree, write_private_file
 from . import HANDSHAKE_TIMEOUT
 from .server import EXIT_NO_PARAVIEW, MARK
-from .starter import LocalPvserver, Options, PvserverStarter, Run, StartFailed
+from .starter import Options, PvserverStarter, Run, StartFailed, starter_for
 
 __all__ = ["HANDSHAKE_TIMEOUT", "MAX_REFUSALS", "PvserverService", "StartFailed", "main"]
 
@@ -54,7 +54,7 @@ class PvserverService:
 
     def __init__(self, options: Options, starter: PvserverStarter | None = None) -> None:
         self.options = options
-        self.starter: PvserverStarter = starter or LocalPvserver()
+        self.starter: PvserverStarter = starter or starter_for(options)
         self.run: Run | None = None
         #: The latest run, also once it has ended: the status page shows its output.
         self.latest: Run | None = None

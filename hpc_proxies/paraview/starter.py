@@ -40,6 +40,9 @@ class Options:
     timeout: float = 60.0
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     isolate_network: str = "auto"  # auto | required | off
+    engine: str = "local"  # local | mpiexec
+    ranks: int = 2  # with engine = mpiexec
+    mpiexec: str = "mpiexec"
 
 
 class StartFailed(RuntimeError):
@@ -119,9 +122,16 @@ class LocalPvserver:
     def __init__(self, engine: LaunchEngine | None = None) -> None:
         self.engine: LaunchEngine = engine or LocalEngine()
 
+    def launch(self, argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment that run ``argv`` (server.py) as pvserver."""
+        return argv, env
+
+    #: pvserver's own options for this engine.
+    pv_args: tuple[str, ...] = ("--no-mpi",)
+
     async def start(self, options: Options, run: Run) -> None:
         env = dict(os.environ)
-        pv_args = ["--no-mpi"]
+        pv_args = list(self.pv_args)
         if options.rendering == "xvfb":
             try:
                 run.xserver = await asyncio.to_thread(
@@ -138,6 +148,7 @@ class LocalPvserver:
             pv_args += ["--force-offscreen-rendering", f"--displays={options.egl_device}"]
         argv = [options.python, str(SERVER_SCRIPT), "--connect-id-file", str(run.connect_id_file)]
         argv += [f"--pv-arg={arg}" for arg in pv_args]
+        argv, env = self.launch(argv, env)
         try:
             await self._spawn(options, run, argv, env)
         except OSError as err:
@@ -173,6 +184,38 @@ class LocalPvserver:
         if run.xserver is not None:
             run.xserver.stop()
             run.xserver = None
+
+
+class MpiexecPvserver(LocalPvserver):
+    """pvserver on ``ranks`` MPI ranks started by ``mpiexec``, on this node or in the
+    allocation of the job the Jupyter server runs in. The ranks share the private X
+    server and, where there is one, the private network namespace: OpenMPI's own TCP
+    listeners (on every interface) are then out of every other user's reach too."""
+
+    pv_args = ()
+
+    def __init__(self, ranks: int, mpiexec: str = "mpiexec", engine: LaunchEngine | None = None):
+        super().__init__(engine)
+        self.ranks = ranks
+        self.mpiexec = mpiexec
+
+    def launch(self, argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+        env = dict(env)
+        # hwloc's GL plugin would open every X display on the node, other users' too.
+        env.setdefault("HWLOC_COMPONENTS", "-gl")
+        # Idle ranks yield their core instead of spinning on a shared, busy node.
+        env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+        if os.geteuid() == 0:  # OpenMPI refuses root unless told twice
+            env["OMPI_ALLOW_RUN_AS_ROOT"] = env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        # More ranks than cores is allowed: a site sets `ranks` for its nodes.
+        return [self.mpiexec, "--oversubscribe", "-n", str(self.ranks), *argv], env
+
+
+def starter_for(options: Options) -> PvserverStarter:
+    """The starter the site configuration's ``engine`` chooses."""
+    if options.engine == "mpiexec":
+        return MpiexecPvserver(options.ranks, options.mpiexec)
+    return LocalPvserver()
 
 
 async def _namespace_refusal(run: Run, keeper: ManagedProcess, timeout: float) -> str | None:

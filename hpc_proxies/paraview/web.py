@@ -148,6 +148,9 @@ def parse_options(argv: list[str] | None = None) -> tuple[Path, Options]:
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--handshake-timeout", type=float, default=HANDSHAKE_TIMEOUT)
     parser.add_argument("--isolate-network", default="auto", choices=("auto", "required", "off"))
+    parser.add_argument("--engine", default="local", choices=("local", "mpiexec"))
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--mpiexec", default="mpiexec")
     args = parser.parse_args(argv)
     options = Options(
         directory=args.dir,
@@ -160,6 +163,9 @@ def parse_options(argv: list[str] | None = None) -> tuple[Path, Options]:
         timeout=args.timeout,
         handshake_timeout=args.handshake_timeout,
         isolate_network=args.isolate_network,
+        engine=args.engine,
+        ranks=args.ranks,
+        mpiexec=args.mpiexec,
     )
     return args.socket, options
 

@@ -350,7 +350,7 @@ def test_the_neighbour_is_refused_from_inside_a_job_and_through_the_hub(
 
 
 KILL_WAIT = 5  # tests/slurm.py's KillWait
-SLACK = 5  # scancel's way to the node, and this test's polling
+SLACK = 2  # scancel's way to the node before KillWait starts, and this test's polling
 
 
 def job_pids(cluster, job: str) -> dict[int, str]:

@@ -22,7 +22,7 @@ from PIL import Image
 from processes import cmdline, wait_gone
 from test_paraview import PvKernel, post, status, tcp_listeners
 
-SITE = '[apps.paraview]\nengine = "mpiexec"\nranks = 2\n'
+SITE = '[apps.paraview]\nengine = "mpiexec"\nranks = 2\nmax_ranks = 3\n'
 
 CELL = """
 import base64, json
@@ -110,3 +110,52 @@ def test_two_ranks_each_render_their_partition(mpi_jupyter):
     code, stopped = post(mpi_jupyter, "stop")
     assert code == 200 and stopped["state"] == "stopped", stopped
     assert not wait_gone(ranks, 10)
+
+
+ASK = """
+import json
+import hpc_proxies.paraview as pvh
+from hpc_proxies.paraview.errors import ParaViewError
+from paraview import servermanager
+try:
+    pvh.connect(ranks=9)
+    refused = None
+except ParaViewError as err:
+    refused = str(err)
+pvh.connect(ranks=1)
+print(json.dumps({
+    "refused": refused,
+    "partitions": servermanager.ActiveConnection.GetNumberOfDataPartitions(),
+}))
+"""
+
+
+def test_the_user_asks_for_a_rank_count_within_the_sites_maximum(mpi_jupyter):
+    """connect(ranks=N): 9 is over the site's max_ranks (3), and the error says what is
+    allowed; 1 gives a pvserver on one rank."""
+    with PvKernel(mpi_jupyter) as kernel:
+        out, err = kernel.run(ASK, timeout=240)
+        assert err is None, (err, mpi_jupyter.log()[-3000:])
+        said = json.loads(out.strip().splitlines()[-1])
+        info = status(mpi_jupyter)
+        ranks = ranks_of(mpi_jupyter)
+    assert "9 ranks: this system allows 1 to 3" in said["refused"], said
+    assert "max_ranks" in said["refused"]
+    assert said["partitions"] == 1
+    assert info["ranks"] == 1 and len(ranks) == 1, (info, ranks)
+    post(mpi_jupyter, "stop")
+    assert not wait_gone(ranks, 10)
+
+
+def test_one_process_systems_refuse_more_ranks_clearly(tmp_path):
+    """engine = "local" (the default): asking for 2 ranks is a 400 that names the key an
+    administrator would change, and changes nothing (the tile's one process, which
+    opening the tile starts, stays one)."""
+    with jupyter_with_site(tmp_path) as server:
+        server.wait_for_app("/paraview/api/status")
+        code, body = post(server, "start?ranks=2")
+        assert code == 400, body
+        assert "engine is 'local'" in body["error"] and "mpiexec" in body["error"], body
+        assert body["ranks"] in (0, 1) and len(ranks_of(server)) <= 1, body
+        code, body = post(server, "start?ranks=two")
+        assert code == 400 and "not a number" in body["error"], body

@@ -34,11 +34,12 @@ ENGINES = ("local", "mpiexec")
 HANDSHAKE_TIMEOUT = 15.0
 
 
-def connect(timeout: float = 120.0):
-    """Make sure this user's pvserver runs and connect ``paraview.simple`` to it."""
+def connect(timeout: float = 120.0, ranks: int | None = None):
+    """Make sure this user's pvserver runs (on ``ranks`` MPI ranks, if asked and the
+    site allows) and connect ``paraview.simple`` to it."""
     from .client import connect as _connect
 
-    return _connect(timeout=timeout)
+    return _connect(timeout=timeout, ranks=ranks)
 
 
 def show(view=None, interactive: bool = True):
@@ -78,6 +79,8 @@ def command(launch: Launch) -> list[str]:
         str(settings.get("engine", "local")),
         "--ranks",
         str(settings.get("ranks", 2)),
+        "--max-ranks",
+        str(settings.get("max_ranks", 4)),
     ]
     if "mpiexec" in launch.executables:
         argv += ["--mpiexec", launch.executables["mpiexec"]]
@@ -135,6 +138,15 @@ APP = AppSpec(
             "pvserver's MPI ranks with engine = 'mpiexec'.",
             minimum=1,
             example=4,
+        ),
+        Setting(
+            "max_ranks",
+            int,
+            4,
+            "The most ranks a user may ask for, with connect(ranks=N), under engine = "
+            "'mpiexec' (`ranks` is what they get when they do not ask).",
+            minimum=1,
+            example=16,
         ),
         Setting(
             "rendering",

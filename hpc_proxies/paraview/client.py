@@ -96,12 +96,15 @@ def _json_or_empty(headers, body: bytes) -> dict:
 
 
 def ensure_pvserver(
-    timeout: float = 120.0, server: JupyterServer | None = None, action: str = "start"
+    timeout: float = 120.0,
+    server: JupyterServer | None = None,
+    action: str = "start",
+    ranks: int | None = None,
 ) -> dict:
-    """Ask the tile's service to start (or ``restart``) pvserver, starting the service
-    too if needed, and wait until pvserver listens."""
+    """Ask the tile's service to start (or ``restart``) pvserver, on ``ranks`` ranks if
+    given, starting the service too if needed, and wait until pvserver listens."""
     server = server or find_jupyter_server()
-    path = f"{APP}/api/{action}"
+    path = f"{APP}/api/{action}" + (f"?ranks={int(ranks)}" if ranks is not None else "")
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -141,6 +144,8 @@ def ensure_pvserver(
                 + (f": {info['message']}" if info.get("message") else "")
                 + "): this kernel's token is not accepted there."
             )
+        if status == 400:  # a rank count the site does not allow
+            raise ParaViewError(info.get("error", f"HTTP {status}"))
         # The service's own errors: {"error": ..., "tail": [...]}.
         raise PvserverStartFailed(info.get("error", f"HTTP {status}"), info.get("tail"))
 
@@ -233,15 +238,17 @@ def _import_simple():
     return simple
 
 
-def connect(timeout: float = 120.0):
+def connect(timeout: float = 120.0, ranks: int | None = None):
     """Make sure this user's pvserver runs, connect ``paraview.simple`` to it, and return
     the connection. Calling it again reuses a live connection, or starts pvserver anew.
-    It gives up after ``timeout`` seconds, saying what it waited for."""
+    It gives up after ``timeout`` seconds, saying what it waited for. ``ranks``: on that
+    many MPI ranks, within what the site allows (``engine = "mpiexec"``, ``max_ranks``);
+    a pvserver on another count is restarted unless a client is connected to it."""
     deadline = time.monotonic() + timeout
     _display.ensure()
     simple = _import_simple()
     server = find_jupyter_server()
-    info = ensure_pvserver(timeout, server)
+    info = ensure_pvserver(timeout, server, ranks=ranks)
     previous, active = _session.live(), simple.servermanager.ActiveConnection
     ours = previous is not None and _session.port == info["port"]
     if ours and previous is active and info["client_connected"]:

@@ -49,6 +49,10 @@ INNER_ADDRESS_LINES = ("Connection URL:", "Accepting connection(s):")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
+class RanksRefused(ValueError):
+    """A rank count this system or this moment does not allow; the message says why."""
+
+
 class PvserverService:
     """State of this user's pvserver, and the start/stop operations on it."""
 
@@ -131,9 +135,38 @@ class PvserverService:
         task.add_done_callback(self.tasks.discard)
 
     # ---------------------------------------------------------------- start
-    async def ensure_started(self) -> dict[str, Any]:
-        """Start pvserver unless it runs; wait until it listens (or fails)."""
+    def _check_ranks(self, ranks: int) -> None:
+        """Raise :class:`RanksRefused` unless pvserver may run on ``ranks`` ranks now."""
+        if self.options.engine != "mpiexec":
+            if ranks != 1:
+                raise RanksRefused(
+                    f"{ranks} ranks: this system runs pvserver as one process (the site "
+                    "configuration's [apps.paraview] engine is 'local'); ask your "
+                    "administrators for engine = 'mpiexec'."
+                )
+            return
+        if not 1 <= ranks <= self.options.max_ranks:
+            raise RanksRefused(
+                f"{ranks} ranks: this system allows 1 to {self.options.max_ranks} "
+                "(the site configuration's [apps.paraview] max_ranks)."
+            )
+        run = self.run
+        if ranks != self.starter.ranks and run is not None and run.connected:
+            raise RanksRefused(
+                f"pvserver runs on {self.starter.ranks} ranks for a connected client: "
+                "disconnect it first (Disconnect() in its notebook), or stop pvserver on "
+                "the status page."
+            )
+
+    async def ensure_started(self, ranks: int | None = None) -> dict[str, Any]:
+        """Start pvserver unless it runs (on ``ranks`` ranks if given: a running one on
+        another count is restarted); wait until it listens (or fails)."""
         async with self.lock:
+            if ranks is not None:
+                self._check_ranks(ranks)
+                if ranks != self.starter.ranks:
+                    await self._stop(f"Restarting on {ranks} ranks…")
+                    self.starter.ranks = ranks
             if self.state not in ("starting", "running") or self.run is None:
                 await self._start()
             run = self.run

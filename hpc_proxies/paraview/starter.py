@@ -41,7 +41,8 @@ class Options:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     isolate_network: str = "auto"  # auto | required | off
     engine: str = "local"  # local | mpiexec
-    ranks: int = 2  # with engine = mpiexec
+    ranks: int = 2  # with engine = mpiexec, unless the user asks for another count
+    max_ranks: int = 4  # the most a user may ask for
     mpiexec: str = "mpiexec"
 
 

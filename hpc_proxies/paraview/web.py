@@ -26,7 +26,7 @@ from aiohttp import web
 from ..bridge import serve_until_stopped
 from ..wsjoin import Side, join
 from . import HANDSHAKE_TIMEOUT, page
-from .service import PvserverService, StartFailed
+from .service import PvserverService, RanksRefused, StartFailed
 from .starter import Options
 
 VIEW_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
@@ -58,7 +58,14 @@ def make_app(service: PvserverService) -> web.Application:
             return web.json_response({**service.status(), "error": str(err)}, status=503)
 
     async def start(request: web.Request) -> web.Response:
-        return await started(service.ensure_started())
+        """``?ranks=N``: on N MPI ranks (restarting pvserver on another count)."""
+        asked = request.query.get("ranks")
+        try:
+            ranks = None if asked is None else int(asked)
+            return await started(service.ensure_started(ranks))
+        except (ValueError, RanksRefused) as err:
+            why = str(err) if isinstance(err, RanksRefused) else f"ranks={asked!r}: not a number"
+            return web.json_response({**service.status(), "error": why}, status=400)
 
     async def stop(request: web.Request) -> web.Response:
         await service.stop()
@@ -150,6 +157,7 @@ def parse_options(argv: list[str] | None = None) -> tuple[Path, Options]:
     parser.add_argument("--isolate-network", default="auto", choices=("auto", "required", "off"))
     parser.add_argument("--engine", default="local", choices=("local", "mpiexec"))
     parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--max-ranks", type=int, default=4)
     parser.add_argument("--mpiexec", default="mpiexec")
     args = parser.parse_args(argv)
     options = Options(
@@ -165,6 +173,7 @@ def parse_options(argv: list[str] | None = None) -> tuple[Path, Options]:
         isolate_network=args.isolate_network,
         engine=args.engine,
         ranks=args.ranks,
+        max_ranks=args.max_ranks,
         mpiexec=args.mpiexec,
     )
     return args.socket, options

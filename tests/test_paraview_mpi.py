@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import pytest
-from browser import rgb
+from browser import chromium, log_in, rgb, screenshot
 from conftest import ARTIFACTS, jupyter_with_site
 from PIL import Image
 from processes import cmdline, wait_gone
@@ -159,3 +159,35 @@ def test_one_process_systems_refuse_more_ranks_clearly(tmp_path):
         assert body["ranks"] in (0, 1) and len(ranks_of(server)) <= 1, body
         code, body = post(server, "start?ranks=two")
         assert code == 400 and "not a number" in body["error"], body
+
+
+@pytest.mark.browser
+def test_the_status_page_restarts_pvserver_on_the_ranks_asked_for(mpi_jupyter):
+    """The tile's status page: a Ranks field (up to max_ranks) beside Restart; a count
+    the site allows restarts pvserver on it, one it does not is refused in words."""
+    code, body = post(mpi_jupyter, "start?ranks=2")
+    assert code == 200 and body["ranks"] == 2, body
+    with chromium("paraview-ranks-failure", {"width": 900, "height": 700}) as context:
+        page = context.new_page()
+        log_in(page, mpi_jupyter)
+        page.goto(f"{mpi_jupyter.url}/paraview/")
+        page.wait_for_function("document.getElementById('ranks').textContent === '2'")
+        field = page.locator("#ranks-input")
+        assert field.is_visible() and field.get_attribute("max") == "3"
+        field.fill("1")
+        page.click("#restart")
+        page.wait_for_function(
+            "document.getElementById('ranks').textContent === '1'"
+            " && document.getElementById('state').textContent === 'Running'",
+            timeout=60_000,
+        )
+        screenshot(page, "paraview-ranks-1")
+        assert len(ranks_of(mpi_jupyter)) == 1
+        field.fill("9")
+        page.click("#restart")
+        page.wait_for_function(
+            "document.getElementById('message').textContent.includes('allows 1 to 3')"
+        )
+        screenshot(page, "paraview-ranks-refused")
+        assert status(mpi_jupyter)["ranks"] == 1
+    post(mpi_jupyter, "stop")

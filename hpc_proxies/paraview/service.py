@@ -85,6 +85,11 @@ class PvserverService:
             "state": self.state,
             "message": self.message,
             "ranks": self.starter.ranks if running else 0,
+            # What the status page offers: the engine, the count the next start uses,
+            # and the most a user may ask for.
+            "engine": self.options.engine,
+            "ranks_next": self.starter.ranks,
+            "max_ranks": self.options.max_ranks if self.options.engine == "mpiexec" else 1,
             "host": socket.gethostname(),
             "port": run.port if running else None,
             "uptime": round(time.time() - run.started, 1) if running else None,
@@ -135,8 +140,9 @@ class PvserverService:
         task.add_done_callback(self.tasks.discard)
 
     # ---------------------------------------------------------------- start
-    def _check_ranks(self, ranks: int) -> None:
-        """Raise :class:`RanksRefused` unless pvserver may run on ``ranks`` ranks now."""
+    def _check_ranks(self, ranks: int, restarting: bool = False) -> None:
+        """Raise :class:`RanksRefused` unless pvserver may run on ``ranks`` ranks now (a
+        restart the user asked for may end a connected client: the page's Restart does)."""
         if self.options.engine != "mpiexec":
             if ranks != 1:
                 raise RanksRefused(
@@ -151,7 +157,7 @@ class PvserverService:
                 "(the site configuration's [apps.paraview] max_ranks)."
             )
         run = self.run
-        if ranks != self.starter.ranks and run is not None and run.connected:
+        if not restarting and ranks != self.starter.ranks and run is not None and run.connected:
             raise RanksRefused(
                 f"pvserver runs on {self.starter.ranks} ranks for a connected client: "
                 "disconnect it first (Disconnect() in its notebook), or stop pvserver on "
@@ -318,10 +324,14 @@ class PvserverService:
             await run.follower  # it sees the exit and cleans up
         self.state, self.message = "stopped", message
 
-    async def restart(self) -> dict[str, Any]:
-        """Stop and start as one step: a start asked for meanwhile waits for it, so it
-        neither starts a second pvserver nor has its own marked stopped."""
+    async def restart(self, ranks: int | None = None) -> dict[str, Any]:
+        """Stop and start as one step (on ``ranks`` ranks if given): a start asked for
+        meanwhile waits for it, so it neither starts a second pvserver nor has its own
+        marked stopped."""
         async with self.lock:
+            if ranks is not None:
+                self._check_ranks(ranks, restarting=True)
+                self.starter.ranks = ranks
             await self._stop("Restarting…")
             await self._start()
             run = self.run

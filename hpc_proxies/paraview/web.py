@@ -57,15 +57,18 @@ def make_app(service: PvserverService) -> web.Application:
         except StartFailed as err:
             return web.json_response({**service.status(), "error": str(err)}, status=503)
 
-    async def start(request: web.Request) -> web.Response:
-        """``?ranks=N``: on N MPI ranks (restarting pvserver on another count)."""
+    async def with_ranks(request: web.Request, action) -> web.Response:
+        """``?ranks=N``: on N MPI ranks; a count the site does not allow is a 400."""
         asked = request.query.get("ranks")
         try:
             ranks = None if asked is None else int(asked)
-            return await started(service.ensure_started(ranks))
+            return await started(action(ranks))
         except (ValueError, RanksRefused) as err:
             why = str(err) if isinstance(err, RanksRefused) else f"ranks={asked!r}: not a number"
             return web.json_response({**service.status(), "error": why}, status=400)
+
+    async def start(request: web.Request) -> web.Response:
+        return await with_ranks(request, service.ensure_started)
 
     async def stop(request: web.Request) -> web.Response:
         await service.stop()
@@ -73,7 +76,7 @@ def make_app(service: PvserverService) -> web.Application:
         return web.json_response(service.status())
 
     async def restart(request: web.Request) -> web.Response:
-        return await started(service.restart())
+        return await with_ranks(request, service.restart)
 
     async def view(request: web.Request) -> web.StreamResponse:
         view_id = request.match_info["view"]

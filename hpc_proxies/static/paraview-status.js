@@ -1,6 +1,7 @@
 // ParaView's status page: polls api/status every second; the buttons post to
 // api/stop|restart with the Jupyter server's XSRF token (a cookie-authenticated POST
-// needs it).
+// needs it). Where the site runs pvserver on MPI ranks, (Re)start takes the count in
+// the Ranks field, up to the site's max_ranks; a refusal's reason shows as the message.
 (function () {
   const $ = (id) => document.getElementById(id);
   const xsrf = (document.cookie.match(/(?:^|; )_xsrf=([^;]*)/) || [])[1] || '';
@@ -11,6 +12,8 @@
     const h = Math.floor(s / 3600), m = Math.floor(s / 60) % 60, r = Math.floor(s % 60);
     return (h ? h + ' h ' : '') + (h || m ? m + ' min ' : '') + r + ' s';
   }
+  let edited = false;  // the user typed a count: polling no longer overwrites it
+  let refusal = '';   // why the last (re)start was refused, until the next one
   async function refresh() {
     let info;
     try {
@@ -20,7 +23,12 @@
     $('state').textContent = labels[info.state] || info.state;
     $('state').className = 'state ' + info.state;
     $('spinner').hidden = !(info.state === 'starting' || info.state === 'stopping');
-    $('message').textContent = info.message;
+    $('message').textContent = refusal || info.message;
+    $('message').className = refusal ? 'bad' : 'muted';
+    const choice = $('ranks-input');
+    $('ranks-choice').hidden = info.engine !== 'mpiexec';
+    choice.max = info.max_ranks;
+    if (!edited) choice.value = info.ranks_next;
     $('ranks').textContent = info.ranks || '-';
     $('host').textContent = info.host + (info.port ? ' (port ' + info.port + ')' : '');
     $('uptime').textContent = uptime(info.uptime);
@@ -44,13 +52,17 @@
   }
   async function post(what) {
     $('stop').disabled = $('restart').disabled = true;
+    refusal = '';
     try {
-      await fetch('api/' + what, {method: 'POST', credentials: 'same-origin',
-                                  headers: {'X-XSRFToken': decodeURIComponent(xsrf)}});
+      const r = await fetch('api/' + what, {method: 'POST', credentials: 'same-origin',
+                                            headers: {'X-XSRFToken': decodeURIComponent(xsrf)}});
+      if (r.status === 400) refusal = (await r.json()).error;
     } finally { $('restart').disabled = false; }
   }
+  $('ranks-input').oninput = () => { edited = true; };
   $('stop').onclick = () => post('stop');
-  $('restart').onclick = () => post('restart');
+  $('restart').onclick = () => post($('ranks-choice').hidden ? 'restart'
+    : 'restart?ranks=' + encodeURIComponent($('ranks-input').value));
   $('copy').onclick = async () => {
     await navigator.clipboard.writeText($('snippet').textContent);
     $('copy').textContent = 'Copied';

@@ -16,16 +16,17 @@ from processes import LocalUser
 
 
 @contextmanager
-def anyone_python() -> Iterator[str]:
-    """``python_for_anyone``, with the ``tensorboard`` script pip would have put beside
-    it: the app looks for it there, and the test venv's own one names a Python only
-    root can run."""
+def anyone_python(scripts: tuple[str, ...] = ("tensorboard",)) -> Iterator[str]:
+    """``python_for_anyone`` in a temporary directory every user can enter, with the
+    console ``scripts`` pip would have put beside it (the TensorBoard app looks for
+    ``tensorboard`` there, and the test venv's own one names a Python only root can
+    run); removed after."""
     directory = Path(tempfile.mkdtemp(prefix="hpcp-python-"))
     directory.chmod(0o755)
     try:
-        yield python_for_anyone(directory, ("tensorboard",))
+        yield python_for_anyone(directory, scripts)
     finally:
-        shutil.rmtree(directory)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextmanager

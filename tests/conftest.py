@@ -23,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from processes import LocalUser, ordinary_user, wait_gone
+from processes import LocalUser, launcher_runtime_dir, ordinary_user, wait_gone
 from waiting import until
 
 from hpc_proxies import config, procs
@@ -132,8 +132,7 @@ class JupyterServer:
         raise AssertionError(f"no launcher for {app} under the Jupyter server")
 
     def runtime_dir(self, app: str) -> Path:
-        cmdline = Path(f"/proc/{self.launcher_pid(app)}/cmdline").read_bytes().split(b"\0")
-        return Path(cmdline[cmdline.index(b"--socket") + 1].decode()).parent
+        return launcher_runtime_dir(self.launcher_pid(app))
 
     def stop_all(self) -> None:
         """Stop the server, then kill whatever it started that did not stop with it."""

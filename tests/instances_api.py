@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from processes import cmdline
+from processes import cmdline, launcher_runtime_dir
 from waiting import until
 
 API = "/hpc-proxies/api/"
@@ -79,5 +79,4 @@ def launcher_of(server, url_name: str) -> int:
 
 
 def runtime_dir_of(server, url_name: str) -> Path:
-    argv = cmdline(launcher_of(server, url_name))
-    return Path(argv[argv.index("--socket") + 1]).parent
+    return launcher_runtime_dir(launcher_of(server, url_name))

@@ -42,6 +42,34 @@ def uids_of(pid: int) -> set[int]:
     return {int(uid) for uid in line.split()[1:]}
 
 
+def launchers(pids: set[int]) -> dict[str, int]:
+    """The hpc-proxies launcher among ``pids`` of each app (``--app NAME``), by name."""
+    found = {}
+    for pid in pids:
+        argv = cmdline(pid)
+        if "hpc_proxies.launcher" in argv and "--app" in argv:
+            found[argv[argv.index("--app") + 1]] = pid
+    return found
+
+
+def launcher_runtime_dir(launcher: int) -> Path:
+    """The private runtime directory of a launcher: where its ``--socket`` is."""
+    argv = cmdline(launcher)
+    return Path(argv[argv.index("--socket") + 1]).parent
+
+
+def tcp_listeners(pids: set[int]) -> list[str]:
+    """The ``ss`` lines of TCP listeners (in this network namespace) owned by any of
+    ``pids``."""
+    lines = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+    return [line for line in lines.splitlines() if any(f"pid={pid}," in line for pid in pids)]
+
+
+def tcp_ports(pids: set[int]) -> set[int]:
+    """The ports those listeners listen on."""
+    return {int(line.split()[3].rsplit(":", 1)[1]) for line in tcp_listeners(pids)}
+
+
 def find_process(pids: set[int], needle: str) -> int:
     for pid in pids:
         if any(needle in arg for arg in cmdline(pid)[:2]):

@@ -24,7 +24,7 @@ from processes import (
     ordinary_user,
     uids_of,
 )
-from test_neighbour import CONNECT_TO_SOCKETS, LIST_DIRECTORIES, files_below, run_as
+from test_neighbour import attempt, files_below
 from test_paraview import start_pvserver
 from test_rstudio_integration import RSERVER
 
@@ -95,8 +95,8 @@ def test_the_app_runs_as_the_user_and_keeps_the_neighbour_out(
         assert sockets, f"no socket in {runtime}"
         owners = {str(path): path.lstat().st_uid for path in sockets}
         assert set(owners.values()) == {app_user.uid}, owners
-        tried = run_as(neighbour, LIST_DIRECTORIES, str(runtime))
-        tried |= run_as(neighbour, CONNECT_TO_SOCKETS, *map(str, sockets))
+        said = attempt(neighbour, dirs=[str(runtime)], sockets=[str(p) for p in sockets])
+        tried = {**said["dirs"], **said["sockets"]}
         assert len(tried) == 1 + len(sockets), tried
         assert set(tried.values()) == {"PermissionError"}, tried
 

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import JupyterServer, jupyter_with_site, python_for_anyone
+from as_user import anyone_python, users_jupyter
+from conftest import JupyterServer
 from instances_api import instance, wait_state
 from processes import LocalUser, alive, ordinary_user
 from waiting import until
@@ -25,30 +26,17 @@ def owner() -> LocalUser:
 
 @pytest.fixture(scope="module")
 def python() -> Iterator[str]:
-    directory = Path(tempfile.mkdtemp(prefix="hpcp-python-"))
-    directory.chmod(0o755)
-    try:
-        yield python_for_anyone(directory)
-    finally:
-        shutil.rmtree(directory)
+    with anyone_python(()) as python:
+        yield python
 
 
 @pytest.fixture(scope="module")
 def owners_server(owner: LocalUser, python: str) -> Iterator[JupyterServer]:
     """The owner's JupyterLab, in a directory only the owner can enter."""
-    base = Path(tempfile.mkdtemp(prefix="hpcp-cli-test-"))
-    try:
-        for path in (base, base / "home", base / "root"):
-            path.mkdir(mode=0o700, exist_ok=True)
-            os.chown(path, owner.uid, owner.gid)
-        with jupyter_with_site(
-            base, env_update={"HOME": str(base / "home")}, user=owner, python=python
-        ) as server:
-            server.extra["runtime"] = base / "jupyter" / "runtime"
-            server.extra["home"] = base / "home"
-            yield server
-    finally:
-        shutil.rmtree(base)
+    with users_jupyter(owner, python) as server:
+        server.extra["runtime"] = server.extra["base"] / "jupyter" / "runtime"
+        server.extra["home"] = server.extra["base"] / "home"
+        yield server
 
 
 def cli(

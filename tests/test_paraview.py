@@ -26,7 +26,7 @@ from conftest import ARTIFACTS, jupyter_with_site
 from jupyter_client import KernelManager
 from network import WITHOUT_USER_NAMESPACES, peer_host
 from PIL import Image
-from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, wait_gone
+from processes import as_nobody, assert_stopping_leaves_nothing, cmdline, tcp_listeners, wait_gone
 from waiting import until
 
 from hpc_proxies import procs
@@ -182,12 +182,6 @@ def pvserver_pids(server) -> set[int]:
 
 def xvfb_pids(server) -> set[int]:
     return {pid for pid in server.descendants() if cmdline(pid)[:1] == ["/usr/bin/Xvfb"]}
-
-
-def tcp_listeners(pids: set[int]) -> list[str]:
-    """The ``ss`` lines of TCP listeners owned by any of ``pids``."""
-    lines = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
-    return [line for line in lines.splitlines() if any(f"pid={pid}," in line for pid in pids)]
 
 
 # ------------------------------------------------------------------ the notebook

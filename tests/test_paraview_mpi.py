@@ -19,8 +19,8 @@ import pytest
 from browser import chromium, log_in, rgb, screenshot
 from conftest import ARTIFACTS, jupyter_with_site
 from PIL import Image
-from processes import cmdline, wait_gone
-from test_paraview import PvKernel, post, status, tcp_listeners
+from processes import cmdline, tcp_listeners, wait_gone
+from test_paraview import PvKernel, post, status
 
 SITE = '[apps.paraview]\nengine = "mpiexec"\nranks = 2\nmax_ranks = 3\n'
 

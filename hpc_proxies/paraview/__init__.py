@@ -49,6 +49,22 @@ def show(view=None, interactive: bool = True):
     return _show(view=view, interactive=interactive)
 
 
+#: The site keys the ParaView service takes, and its command-line option for each.
+SERVICE_OPTIONS = {
+    "rendering": "--rendering",
+    "display": "--display",
+    "egl_device": "--egl-device",
+    "pvserver_timeout": "--timeout",
+    "handshake_timeout": "--handshake-timeout",
+    "isolate_network": "--isolate-network",
+    "engine": "--engine",
+    "ranks": "--ranks",
+    "max_ranks": "--max-ranks",
+}
+#: isolate_network's values.
+ISOLATION = ("auto", "required", "off")
+
+
 def command(launch: Launch) -> list[str]:
     settings = launch.settings
     argv = [
@@ -63,25 +79,11 @@ def command(launch: Launch) -> list[str]:
         launch.prefix,
         "--python",
         launch.executable,
-        "--rendering",
-        str(settings.get("rendering", "xvfb")),
-        "--display",
-        str(settings.get("display", "")),
-        "--egl-device",
-        str(settings.get("egl_device", 0)),
-        "--timeout",
-        str(settings.get("pvserver_timeout", 60)),
-        "--handshake-timeout",
-        str(settings.get("handshake_timeout", HANDSHAKE_TIMEOUT)),
-        "--isolate-network",
-        str(settings.get("isolate_network", "auto")),
-        "--engine",
-        str(settings.get("engine", "local")),
-        "--ranks",
-        str(settings.get("ranks", 2)),
-        "--max-ranks",
-        str(settings.get("max_ranks", 4)),
     ]
+    # Each site key the service takes, with the Setting's own default (one place).
+    defaults = {setting.name: setting.default for setting in APP.settings}
+    for key, option in SERVICE_OPTIONS.items():
+        argv += [option, str(settings.get(key, defaults[key]))]
     if "mpiexec" in launch.executables:
         argv += ["--mpiexec", launch.executables["mpiexec"]]
     if "Xvfb" in launch.executables:
@@ -184,7 +186,7 @@ APP = AppSpec(
             "with a relay on 127.0.0.1, or, where the kernel forbids those, on every "
             "interface behind its connect-id, saying so on the status page; 'required' "
             "refuses to start without the namespace; 'off' never uses one.",
-            choices=("auto", "required", "off"),
+            choices=ISOLATION,
         ),
     ),
 )

@@ -89,7 +89,7 @@ class PvserverService:
             # and the most a user may ask for.
             "engine": self.options.engine,
             "ranks_next": self.starter.ranks,
-            "max_ranks": self.options.max_ranks if self.options.engine == "mpiexec" else 1,
+            "max_ranks": self.max_ranks,
             "host": socket.gethostname(),
             "port": run.port if running else None,
             "uptime": round(time.time() - run.started, 1) if running else None,
@@ -140,20 +140,23 @@ class PvserverService:
         task.add_done_callback(self.tasks.discard)
 
     # ---------------------------------------------------------------- start
+    @property
+    def max_ranks(self) -> int:
+        """The most ranks a user may ask for: the site's max_ranks, or 1 for one process."""
+        return self.options.max_ranks if self.options.engine == "mpiexec" else 1
+
     def _check_ranks(self, ranks: int, restarting: bool = False) -> None:
         """Raise :class:`RanksRefused` unless pvserver may run on ``ranks`` ranks now (a
         restart the user asked for may end a connected client: the page's Restart does)."""
-        if self.options.engine != "mpiexec":
-            if ranks != 1:
+        if not 1 <= ranks <= self.max_ranks:
+            if self.options.engine != "mpiexec":
                 raise RanksRefused(
                     f"{ranks} ranks: this system runs pvserver as one process (the site "
                     "configuration's [apps.paraview] engine is 'local'); ask your "
                     "administrators for engine = 'mpiexec'."
                 )
-            return
-        if not 1 <= ranks <= self.options.max_ranks:
             raise RanksRefused(
-                f"{ranks} ranks: this system allows 1 to {self.options.max_ranks} "
+                f"{ranks} ranks: this system allows 1 to {self.max_ranks} "
                 "(the site configuration's [apps.paraview] max_ranks)."
             )
         run = self.run

@@ -102,7 +102,8 @@ class Run:
 class PvserverStarter(Protocol):
     """How pvserver is started: the replaceable launch step of the ParaView service."""
 
-    #: pvserver's ranks, for the status page.
+    #: pvserver's ranks: those of the run, and of the next start (the service sets it
+    #: when the user asks for another count).
     ranks: int
     #: Where the run's processes are started (the run's group is given it).
     engine: LaunchEngine

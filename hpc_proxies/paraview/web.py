@@ -25,7 +25,7 @@ from aiohttp import web
 
 from ..bridge import serve_until_stopped
 from ..wsjoin import Side, join
-from . import HANDSHAKE_TIMEOUT, page
+from . import ENGINES, HANDSHAKE_TIMEOUT, ISOLATION, RENDERING_MODES, page
 from .service import PvserverService, RanksRefused, StartFailed
 from .starter import Options
 
@@ -151,14 +151,14 @@ def parse_options(argv: list[str] | None = None) -> tuple[Path, Options]:
     parser.add_argument("--dir", required=True, type=Path, help="private directory")
     parser.add_argument("--prefix", required=True, help="public URL prefix of the tile")
     parser.add_argument("--python", required=True, help="Python that imports ParaView")
-    parser.add_argument("--rendering", default="xvfb", choices=("xvfb", "display", "egl"))
+    parser.add_argument("--rendering", default="xvfb", choices=RENDERING_MODES)
     parser.add_argument("--display", default="")
     parser.add_argument("--egl-device", type=int, default=0)
     parser.add_argument("--xvfb", default="Xvfb")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--handshake-timeout", type=float, default=HANDSHAKE_TIMEOUT)
-    parser.add_argument("--isolate-network", default="auto", choices=("auto", "required", "off"))
-    parser.add_argument("--engine", default="local", choices=("local", "mpiexec"))
+    parser.add_argument("--isolate-network", default="auto", choices=ISOLATION)
+    parser.add_argument("--engine", default="local", choices=ENGINES)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--max-ranks", type=int, default=4)
     parser.add_argument("--mpiexec", default="mpiexec")

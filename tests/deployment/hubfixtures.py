@@ -28,7 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import ARTIFACTS, free_port, python_for_anyone
+from as_user import anyone_python
+from conftest import ARTIFACTS, free_port
 from processes import LocalUser, alive, cmdline, ordinary_user, wait_gone
 from slurm import SlurmCluster
 from waiting import until
@@ -122,13 +123,8 @@ def site_venv() -> Iterator[Path]:
     Python under /root would fail every job with "execve(): Permission denied"), with
     the console scripts pip would write. Its packages are this checkout's venv's
     (``python_for_anyone``), so no download happens here."""
-    directory = Path(tempfile.mkdtemp(prefix="hpcp-site-"))
-    directory.chmod(0o755)
-    try:
-        python = Path(python_for_anyone(directory, SCRIPTS))
-        yield python.parent.parent
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with anyone_python(SCRIPTS) as python:
+        yield Path(python).parent.parent
 
 
 @dataclass
@@ -150,51 +146,37 @@ class Hub:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def api(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        """A request to ``/hub/api/<path>`` with the tier's service token."""
+    def request(
+        self, method: str, path: str, body: bytes | None = None, timeout: float = 120
+    ) -> tuple[int, str]:
+        """``path`` (``/hub/api/...``, or ``/user/ada/xpra/`` through the proxy) with the
+        tier's service token, as a script of the user's would send it; redirects are
+        answers, not followed."""
         request = urllib.request.Request(
-            f"{self.url}/hub/api/{path}",
+            f"{self.url}{path}",
             method=method,
-            data=None if body is None else json.dumps(body).encode(),
+            data=body,
             headers={"Authorization": f"token {self.token}"},
         )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                text = response.read()
-                return response.status, json.loads(text) if text else {}
-        except urllib.error.HTTPError as err:
-            text = err.read()
-            try:
-                return err.code, json.loads(text)
-            except ValueError:
-                return err.code, {"body": text.decode(errors="replace")}
-
-    def get(self, path: str, token: bool = True) -> tuple[int, str]:
-        """GET ``path`` (e.g. ``/user/ada/xpra/``) through the hub's proxy, not following
-        redirects: with the token, as a script of the user's would be."""
-        request = urllib.request.Request(f"{self.url}{path}")
-        if token:
-            request.add_header("Authorization", f"token {self.token}")
         opener = urllib.request.build_opener(NoRedirect)
         try:
-            with opener.open(request, timeout=30) as response:
+            with opener.open(request, timeout=timeout) as response:
                 return response.status, response.read().decode(errors="replace")
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode(errors="replace")
 
+    def api(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        """The hub's REST API: ``/hub/api/<path>``, its JSON answer."""
+        data = None if body is None else json.dumps(body).encode()
+        status, text = self.request(method, f"/hub/api/{path}", data)
+        return status, _json(text)
+
+    def get(self, path: str) -> tuple[int, str]:
+        return self.request("GET", path)
+
     def post(self, path: str) -> tuple[int, dict]:
-        """POST ``path`` through the hub's proxy with the token; its JSON answer."""
-        request = urllib.request.Request(
-            f"{self.url}{path}",
-            method="POST",
-            data=b"",
-            headers={"Authorization": f"token {self.token}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                return response.status, json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as err:
-            return err.code, {"body": err.read().decode(errors="replace")}
+        status, text = self.request("POST", path, b"")
+        return status, _json(text)
 
     def job_of(self, user: HubUser) -> str | None:
         """The Slurm job of the user's server, from the hub's own record of it."""
@@ -244,6 +226,14 @@ class Hub:
         return self.wait_running(user)
 
 
+def _json(text: str) -> dict:
+    """A JSON answer, or (a page, an empty body) what it said."""
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {"body": text}
+
+
 class NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None
@@ -267,21 +257,6 @@ def server_process(user: HubUser) -> int:
         if cmdline(pid)[1:2] and cmdline(pid)[1].endswith("/jupyterhub-singleuser")
     }
     return server
-
-
-def launchers(pids: set[int]) -> dict[str, int]:
-    """The hpc-proxies launcher of each app among ``pids``, by app name."""
-    found = {}
-    for pid in pids:
-        argv = cmdline(pid)
-        if "hpc_proxies.launcher" in argv:
-            found[argv[argv.index("--app") + 1]] = pid
-    return found
-
-
-def runtime_dir_of(launcher: int) -> Path:
-    argv = cmdline(launcher)
-    return Path(argv[argv.index("--socket") + 1]).parent
 
 
 @contextlib.contextmanager

@@ -13,11 +13,9 @@ Screenshots: ``ARTIFACTS/hub-<step>.png`` and ``ARTIFACTS/plain-<step>.png``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import stat
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,21 +32,20 @@ from hubfixtures import (
     HubUser,
     give,
     hub_user,
-    launchers,
     running_hub,
-    runtime_dir_of,
     server_process,
     user_processes,
 )
 from playwright.sync_api import Page
-from processes import cmdline, environ_of
-from test_neighbour import APPS, files_below
+from processes import cmdline, environ_of, launcher_runtime_dir, launchers, tcp_ports
+from test_neighbour import APPS, files_below, x_displays
 
 from hpc_proxies import procs
 
 pytestmark = pytest.mark.browser
 
-ATTACK = Path(__file__).with_name("attack.py")
+#: The neighbour's catalogue of attempts (test_neighbour's), run inside bob's job.
+ATTACK = Path(__file__).parent.parent / "neighbour_attempts.py"
 
 slurm_cluster = slurm.slurm_cluster  # the session fixture
 
@@ -160,7 +157,9 @@ def test_every_tile_through_the_hub(hub, ada, shared_chromium):
         clicks["vnc"] = round(tiles.vnc(lab, context, page), 2)
         clicks["tensorboard"] = round(tiles.tensorboard(lab, context, page, ada.home), 2)
         clicks["rstudio"] = round(tiles.rstudio(lab, context, page), 2)
-    for pid in tiles_processes(lab):
+    apps = tiles_processes(lab)
+    assert {"xpra", "vnc", "tensorboard", "rstudio"} <= set(launchers(apps)), apps
+    for pid in apps:
         assert os.stat(f"/proc/{pid}").st_uid == ada.local.uid, cmdline(pid)
 
 
@@ -211,33 +210,32 @@ def test_the_same_tiles_on_a_plain_jupyter_lab_of_the_same_user(hub, ada, shared
 
 
 def app_targets(hub: Hub, ada: HubUser) -> tuple[dict, list[str]]:
-    """What the neighbour will attack (as ``attack.py`` takes it), and ada's secrets
-    (which the test alone knows)."""
+    """What the neighbour will attack (as ``neighbour_attempts.py`` takes it), and
+    ada's secrets (which the test alone knows)."""
     lab = ada_lab(hub, ada)
     pids = tiles_processes(lab)
-    dirs = [runtime_dir_of(pid) for pid in launchers(lab.processes()).values()]
+    dirs = [launcher_runtime_dir(pid) for pid in launchers(lab.processes()).values()]
     assert len(dirs) == 5, dirs
     regular = files_below(dirs, stat.S_ISREG)
     files = [p for p in regular if p.name in ("secret", "connect-id", "Xauthority")]
     secrets = [p.read_text().strip() for p in regular if p.name in ("secret", "connect-id")]
     assert len(secrets) >= 4, "Xpra, VNC, RStudio and pvserver each have one"
-    displays = set()
-    for pid in pids:
-        with contextlib.suppress(OSError, KeyError):
-            displays.add(environ_of(pid)["DISPLAY"])
+    displays = x_displays(pids)
+    assert len(displays) >= 3, displays  # Xpra's, VNC's and pvserver's
     # The port batchspawner-singleuser told the hub (it set it in the server's URL).
     server = server_process(ada)
     service_url = urlsplit(environ_of(server)["JUPYTERHUB_SERVICE_URL"])
     assert service_url.hostname == "127.0.0.1", service_url
     http_port = service_url.port
-    assert (server, http_port) in tcp_ports({server})
+    assert http_port in tcp_ports({server})
     targets = {
+        "argv": True,
         "pids": sorted(pids),
         "dirs": [str(d) for d in dirs],
         "sockets": [str(s) for s in files_below(dirs, stat.S_ISSOCK)],
         "files": [str(f) for f in files],
-        "displays": sorted(d for d in displays if d.startswith(":")),
-        "tcp": sorted({port for _, port in tcp_ports(pids)}),
+        "displays": sorted(displays),
+        "tcp": sorted(tcp_ports(pids)),
         "http": {
             "port": http_port,
             "paths": [f"/user/{ada.name}/{app}/" for app in APPS]
@@ -245,18 +243,6 @@ def app_targets(hub: Hub, ada: HubUser) -> tuple[dict, list[str]]:
         },
     }
     return targets, secrets
-
-
-def tcp_ports(pids: set[int]) -> set[tuple[int, int]]:
-    """(pid, port) of each TCP listener of ``pids`` in this network namespace."""
-    lines = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
-    found = set()
-    for line in lines.splitlines():
-        port = int(line.split()[3].rsplit(":", 1)[1])
-        for pid in pids:
-            if f"pid={pid}," in line:
-                found.add((pid, port))
-    return found
 
 
 def ensure_apps(hub: Hub, ada: HubUser) -> None:
@@ -326,7 +312,7 @@ def test_the_neighbour_is_refused_from_inside_a_job_and_through_the_hub(
     judge("list ada's runtime dirs", said["dirs"], {"PermissionError"})
     judge("connect to the apps' unix sockets", said["sockets"], {"PermissionError"})
     judge("read the secret files and X cookies", said["files"], {"PermissionError"})
-    assert not any(v == "opened" for v in said["displays"].values()), said["displays"]
+    assert said["displays"] and "opened" not in said["displays"].values(), said["displays"]
     table["open the apps' X displays (:N and TCP)"] = f"{len(said['displays'])} tried: all refused"
     judge("send garbage to the apps' TCP listeners on 127.0.0.1", said["tcp"], {"closed"})
     http_statuses = {path: status for path, (status, _) in said["http"].items()}
@@ -367,7 +353,7 @@ def what_is_left(ada: HubUser, dirs: list[Path]) -> dict:
     return {
         "processes": {pid: " ".join(cmdline(pid))[:120] for pid in pids},
         "dirs": [str(d) for d in dirs if d.exists()],
-        "listeners": sorted(port for _, port in tcp_ports(pids)),
+        "listeners": sorted(tcp_ports(pids)),
     }
 
 
@@ -400,7 +386,7 @@ def running_everything(hub: Hub, ada: HubUser, slurm_cluster) -> tuple[str, list
     step = tracked[server_process(ada)]
     assert step.isdigit(), f"the server runs in step {step!r}, not in srun's"
     assert {tracked[p] for p in apps} == {step}, {p: tracked[p] for p in apps}
-    dirs = [runtime_dir_of(pid) for pid in launchers(lab.processes()).values()]
+    dirs = [launcher_runtime_dir(pid) for pid in launchers(lab.processes()).values()]
     return job, dirs
 
 

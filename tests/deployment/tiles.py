@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from browser import Box, differing, screenshot, stats, tile, wait_for, wait_for_xpra_xterm
 from PIL import Image
 from playwright.sync_api import BrowserContext, Page
-from processes import cmdline, find_process
+from processes import find_process, launcher_runtime_dir, launchers
 from tb_events import write_experiments
 from test_paraview import sphere_visible
 from test_tensorboard_browser import Browser as TensorBoardBrowser
@@ -62,11 +62,9 @@ class Lab:
         return urlsplit(self.base).path
 
     def launcher(self, app: str) -> int:
-        for pid in self.processes():
-            argv = cmdline(pid)
-            if "hpc_proxies.launcher" in argv and argv[argv.index("--app") + 1] == app:
-                return pid
-        raise AssertionError(f"no launcher of {app} among the user's processes")
+        found = launchers(self.processes())
+        assert app in found, f"no launcher of {app} among the user's processes"
+        return found[app]
 
 
 def open_tile(context: BrowserContext, page: Page, title: str) -> tuple[Page, float]:
@@ -93,8 +91,8 @@ def vnc_session(lab: Lab) -> Session | None:
         launcher = lab.launcher("vnc")
         pids = {launcher} | procs.descendants(launcher)
         xterm = find_process(pids, "xterm")
-        rfb = Path(cmdline(launcher)[cmdline(launcher).index("--socket") + 1]).parent
-        return Session(x_env(xterm), find_process(pids, "Xtigervnc"), xterm, rfb / "app/rfb.sock")
+        rfb = launcher_runtime_dir(launcher) / "app/rfb.sock"
+        return Session(x_env(xterm), find_process(pids, "Xtigervnc"), xterm, rfb)
     except (AssertionError, OSError, KeyError):
         return None
 

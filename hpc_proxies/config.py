@@ -204,6 +204,9 @@ def _check_value(setting: Setting, value: object, where: str) -> list[str]:
         ok = ok and (setting.pattern is None or re.fullmatch(setting.pattern[0], value) is not None)
     if ok and setting.choices is not None:
         ok = value in setting.choices
+    if ok and setting.check is not None:
+        problem = setting.check(value)
+        return [] if problem is None else [f"{where}: {problem}"]
     if ok:
         return []
     shown = repr(value) if not isinstance(value, dict) else "a table with non-string values"

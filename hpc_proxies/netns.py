@@ -258,6 +258,8 @@ class Refusal:
 
     when: float  # time.time()
     uid: int | None  # None: its owner could not be found
+    #: The address it came from, when not from this host (no owner to look up there).
+    address: str = ""
 
 
 class LoopbackRelay:
@@ -272,18 +274,26 @@ class LoopbackRelay:
     Another user then cannot even reach the server's handshake, let alone stall it;
     ``on_refusal`` hears of each attempt. ``on_join`` gets, for each connection let
     through, an event set when that connection has ended (so the caller can time a
-    handshake)."""
+    handshake).
+
+    ``open_inner``, when given, replaces the connector: it gets each client let through
+    (blocking, in a thread of its own) and returns the socket to join it to, or raises
+    OSError (e.g. a server that connects back to us, :mod:`hpc_proxies.paraview.rendezvous`)."""
 
     def __init__(
         self,
-        connector: Path,
-        inner_port: int,
+        connector: Path | None,
+        inner_port: int = 0,
         allowed_uid: int | None = None,
         on_refusal: Callable[[Refusal], None] | None = None,
         on_join: Callable[[asyncio.Event], None] | None = None,
         log: Callable[[str], None] | None = None,
+        open_inner: Callable[[socket.socket], socket.socket] | None = None,
     ):
+        if open_inner is None and connector is None:
+            raise ValueError("a relay needs a connector or open_inner")
         self.connector = connector
+        self.open_inner = open_inner
         self.log = log
         self.inner_port = inner_port
         self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid
@@ -329,7 +339,7 @@ class LoopbackRelay:
             client.setblocking(True)
             _no_delay(client)
             try:
-                inner = await asyncio.to_thread(connect_inside, self.connector, self.inner_port)
+                inner = await asyncio.to_thread(self._inner, client)
             except OSError as err:
                 client.close()  # the client sees its connection closed, as with no server
                 if self.log is not None:
@@ -346,6 +356,12 @@ class LoopbackRelay:
             ).start()
             if self.on_join is not None:
                 self.on_join(ended)
+
+    def _inner(self, client: socket.socket) -> socket.socket:
+        if self.open_inner is not None:
+            return self.open_inner(client)
+        assert self.connector is not None
+        return connect_inside(self.connector, self.inner_port)
 
     def _forward_then_close(
         self,

@@ -89,6 +89,9 @@ class Setting:
     #: For a string: a regular expression the whole value must match, and what it
     #: means in words (for messages and the reference), e.g. (r"\d+x\d+", "WIDTHxHEIGHT").
     pattern: tuple[str, str] | None = None
+    #: A check of the value beyond its type: None if it is fine, else the problem in
+    #: words (``hpc-proxies check`` prints it under the key's path).
+    check: Callable[[object], str | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -168,3 +168,47 @@ def _read_display_number(fd: int, proc: subprocess.Popen[bytes], timeout: float)
             return None
     number = data.split(b"\n", 1)[0].strip().decode()
     return number if number.isdigit() else None
+
+
+def run_with_display(command: list[str], xvfb: str = "Xvfb") -> int:
+    """Run ``command`` with a private Xvfb of its own (in a fresh 0700 directory on this
+    node), passing on SIGTERM, SIGINT and SIGHUP; the Xvfb and the directory go with
+    it. Each rank of a pvserver job runs under this on its node (``main``)."""
+    import shutil
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="hpc-proxies-x-")  # 0700, on this node
+    server = None
+    try:
+        server = start_xvfb(directory, xvfb, die_with_parent=True)
+        child = subprocess.Popen(command, env={**os.environ, **server.environ()})
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda number, _frame: child.send_signal(number))
+        code = child.wait()
+        return code if code >= 0 else 128 - code
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hpc_proxies.xdisplay [--xvfb XVFB] -- COMMAND ...``"""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m hpc_proxies.xdisplay",
+        description="Run COMMAND with a private Xvfb of its own.",
+    )
+    parser.add_argument("--xvfb", default="Xvfb")
+    parser.add_argument("command", nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        return run_with_display(args.command, args.xvfb)
+    except (XServerError, OSError) as err:
+        print(f"hpc_proxies.xdisplay: {err}", flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

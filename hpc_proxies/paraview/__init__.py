@@ -26,8 +26,14 @@ from ..spec import AppSpec, Launch, Requirement, Setting
 #: Debian's python3-paraview is importable by Debian's own Python.
 DEFAULT_PYTHON = "/usr/bin/python3"
 RENDERING_MODES = ("xvfb", "display", "egl")
-#: How pvserver is launched: one process here, or ``ranks`` MPI ranks with ``mpiexec``.
-ENGINES = ("local", "mpiexec")
+#: How pvserver is launched: one process here, ``ranks`` MPI ranks with ``mpiexec``, or
+#: ``ranks`` ranks as a Slurm batch job of its own.
+ENGINES = ("local", "mpiexec", "slurm")
+#: A Slurm time limit as sbatch's --time takes it.
+SLURM_TIME = (
+    r"\d+(:\d{1,2}){0,2}|\d+-\d+(:\d{1,2}){0,2}",
+    "MINUTES, HH:MM:SS or DAYS-HH[:MM[:SS]]",
+)
 #: Seconds a client let through the relay has, unless the site sets
 #: ``handshake_timeout``, to finish ParaView's handshake: pvserver serves one client and
 #: waits on the first, so one that stalls would hold everyone.
@@ -60,9 +66,28 @@ SERVICE_OPTIONS = {
     "engine": "--engine",
     "ranks": "--ranks",
     "max_ranks": "--max-ranks",
+    "partition": "--partition",
+    "account": "--account",
+    "time": "--time",
+    "extra_args": "--extra-args",
+    "job_script": "--job-script",
+    "job_directory": "--job-directory",
+    "callback_address": "--callback-address",
 }
 #: isolate_network's values.
 ISOLATION = ("auto", "required", "off")
+
+
+def _job_script_problem(value: object) -> str | None:
+    from .starter import job_template_problem  # the starter is heavier: only when checked
+
+    return job_template_problem(value)
+
+
+def _extra_args_problem(value: object) -> str | None:
+    from .starter import extra_args_problem
+
+    return extra_args_problem(value)
 
 
 def command(launch: Launch) -> list[str]:
@@ -102,6 +127,14 @@ def requires(settings: Mapping[str, object]) -> tuple[Requirement, ...]:
     ]
     if str(settings.get("rendering") or "xvfb") == "xvfb":
         reqs.append(Requirement("Xvfb", "on Debian/Ubuntu: apt install xvfb"))
+    if str(settings.get("engine") or "local") == "slurm":
+        reqs.append(
+            Requirement(
+                "sbatch",
+                "Slurm's commands (sbatch, scontrol, scancel) on the Jupyter server's node "
+                "(Debian/Ubuntu: apt install slurm-client), or `setup` that puts them on PATH",
+            )
+        )
     if str(settings.get("engine") or "local") == "mpiexec":
         reqs.append(
             Requirement(
@@ -128,16 +161,18 @@ APP = AppSpec(
             "engine",
             str,
             "local",
-            "How pvserver runs: 'local' (one process on the Jupyter server's node) or "
+            "How pvserver runs: 'local' (one process on the Jupyter server's node), "
             "'mpiexec' (`ranks` MPI ranks with `mpiexec`, on this node or in the "
-            "allocation the Jupyter server's job holds). The notebook code is the same.",
+            "allocation the Jupyter server's job holds), or 'slurm' (`ranks` ranks as a "
+            "batch job of its own: `partition`, `account`, `time`, `extra_args`, "
+            "`job_script`). The notebook code is the same.",
             choices=ENGINES,
         ),
         Setting(
             "ranks",
             int,
             2,
-            "pvserver's MPI ranks with engine = 'mpiexec'.",
+            "pvserver's MPI ranks with engine = 'mpiexec' or 'slurm'.",
             minimum=1,
             example=4,
         ),
@@ -146,9 +181,69 @@ APP = AppSpec(
             int,
             4,
             "The most ranks a user may ask for, with connect(ranks=N), under engine = "
-            "'mpiexec' (`ranks` is what they get when they do not ask).",
+            "'mpiexec' or 'slurm' (`ranks` is what they get when they do not ask).",
             minimum=1,
             example=16,
+        ),
+        Setting(
+            "partition",
+            str,
+            "",
+            "engine = 'slurm': the partition pvserver's job is submitted to ('': Slurm's default).",
+            example="vis",
+            pattern=(r"[\w.,-]*", "a partition name"),
+        ),
+        Setting(
+            "account",
+            str,
+            "",
+            "engine = 'slurm': the account (project) the job is charged to ('': the "
+            "user's default).",
+            example="proj42",
+            pattern=(r"[\w.-]*", "an account name"),
+        ),
+        Setting(
+            "time",
+            str,
+            "1:00:00",
+            "engine = 'slurm': the job's time limit (walltime); pvserver stops when it "
+            "is reached, and the status page says so.",
+            example="30",
+            pattern=SLURM_TIME,
+        ),
+        Setting(
+            "extra_args",
+            str,
+            "",
+            "engine = 'slurm': more sbatch options, as on a command line (not those "
+            "hpc-proxies sets: --ntasks, --output, --export, --job-name, --chdir).",
+            example="--gres=gpu:1 --qos=vis",
+            check=_extra_args_problem,
+        ),
+        Setting(
+            "job_script",
+            str,
+            "",
+            "engine = 'slurm': a job script template of the site's (a string.Template "
+            "that keeps ${pvserver}, e.g. to load modules first); '' for the built-in one.",
+            example="/etc/hpc-proxies/pvserver-job.sh",
+            check=_job_script_problem,
+        ),
+        Setting(
+            "job_directory",
+            str,
+            "~/.hpc-proxies/paraview-jobs",
+            "engine = 'slurm': where each job's script, output and connect-id go, in a "
+            "0700 directory; every node must see it (a home or project filesystem).",
+        ),
+        Setting(
+            "callback_address",
+            str,
+            "",
+            "engine = 'slurm': the address of the Jupyter server's node that pvserver's "
+            "job connects back to ('': the address the node's name resolves to); on a "
+            "node with several networks, the one the compute nodes reach.",
+            example="10.1.2.3",
         ),
         Setting(
             "rendering",

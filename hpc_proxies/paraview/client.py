@@ -54,6 +54,9 @@ APP = "paraview"
 VIEW_HEIGHT = 480
 
 
+#: Seconds each request waits while pvserver's Slurm job is queued: the cell then shows
+#: where the job is, and asks again.
+QUEUE_POLL = 5.0
 #: Launcher states without a problem that pass by themselves: ask again until the
 #: service answers (202 Accepted means starting, whatever the state says).
 PASSING_STATES = frozenset({"starting", "running", "stopping"})
@@ -104,8 +107,10 @@ def ensure_pvserver(
     """Ask the tile's service to start (or ``restart``) pvserver, on ``ranks`` ranks if
     given, starting the service too if needed, and wait until pvserver listens."""
     server = server or find_jupyter_server()
-    path = f"{APP}/api/{action}" + (f"?ranks={int(ranks)}" if ranks is not None else "")
+    query = f"?wait={QUEUE_POLL:g}" + (f"&ranks={int(ranks)}" if ranks is not None else "")
+    path = f"{APP}/api/{action}{query}"
     deadline = time.monotonic() + timeout
+    said = ""
     while True:
         try:
             status, headers, body = server_request(server, "POST", path, timeout=timeout)
@@ -131,6 +136,19 @@ def ensure_pvserver(
             continue
         if status == 200:
             return json.loads(body)
+        if status == 202 and not headers.get(STATE_HEADER):  # pvserver's job waits for Slurm
+            info = json.loads(body)
+            if info.get("message") != said:
+                said = info.get("message", "")
+                print(f"pvserver: {said}", flush=True)  # the cell shows the queue's progress
+            if time.monotonic() > deadline:
+                raise PvserverStartFailed(
+                    f"{said} connect() waited {timeout:.0f} s. The job stays queued: run "
+                    "connect() again (with a longer timeout) to wait on, or stop it on the "
+                    f"ParaView tile ({info.get('prefix', '/paraview/')}).",
+                    info.get("tail"),
+                )
+            continue
         if status == 404:
             raise ParaViewError(
                 f"The Jupyter server at {server.url} has no /{APP}/: hpc-proxies is not "

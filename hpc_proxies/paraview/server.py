@@ -19,6 +19,10 @@ It prints one line per state change, read by the ParaView service::
     HPC-PROXIES-PVSERVER connected
     HPC-PROXIES-PVSERVER exiting <code>
 
+With ``--reverse HOST:PORT`` (the ``slurm`` engine) pvserver listens nowhere: rank 0
+connects to the service's rendezvous at HOST:PORT (:mod:`.rendezvous`), says
+``dialled`` once that connection is accepted, and serves the client joined to it.
+
 Standard library and ParaView only: it runs in ParaView's Python, not in the
 Jupyter server's.
 """
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connect-id-file", required=True)
     parser.add_argument("--pv-arg", action="append", default=[], help="one more pvserver option")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    parser.add_argument("--reverse", default="", help="HOST:PORT to connect back to")
     args = parser.parse_args(argv)
 
     try:
@@ -68,12 +73,19 @@ def main(argv: list[str] | None = None) -> int:
 
     with open(args.connect_id_file) as f:
         connect_id = int(f.read().strip())
-    port = args.port or free_port()
+    if args.reverse:
+        host, _, port_text = args.reverse.rpartition(":")
+        port = int(port_text)
+        direction = ["--reverse-connection", f"--client-host={host}"]
+    else:
+        port = args.port or free_port()
+        direction = []
     options = vtkStringList()
     for option in (
         "pvserver",
         f"--connect-id={connect_id}",
         f"--server-port={port}",
+        *direction,
         "--disable-registry",
         *args.pv_arg,
     ):
@@ -89,13 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     # Under mpiexec, rank 0 serves the client; the other ranks (satellites) serve rank 0.
     rank = controller.GetLocalProcessId() if controller is not None else 0
     session = vtkPVSessionServer()
-    if rank == 0:
+    if rank == 0 and not args.reverse:
         say("listening", port)
     code = 0
     if session.Connect():
         process_module.RegisterSession(session)
         if rank == 0:
-            say("connected")
+            say("dialled" if args.reverse else "connected")
             network = process_module.GetNetworkAccessManager()
             while network.ProcessEvents(0) != -1:
                 pass

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import pwd
 import re
 import secrets
@@ -27,13 +28,17 @@ import sys
 import time
 from collections import deque
 from collections.abc import Coroutine
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from .. import netns
+from .. import batchjob, netns
 from ..runtime import ensure_private_dir, fresh_private_dir, remove_tree, write_private_file
+from ..slurmjob import parse_time
 from . import HANDSHAKE_TIMEOUT
+from .rendezvous import Rendezvous
 from .server import EXIT_NO_PARAVIEW, MARK
-from .starter import Options, PvserverStarter, Run, StartFailed, starter_for
+from .starter import Options, PvserverStarter, Run, StartFailed, callback_host, starter_for
 
 __all__ = ["HANDSHAKE_TIMEOUT", "MAX_REFUSALS", "PvserverService", "StartFailed", "main"]
 
@@ -109,13 +114,14 @@ class PvserverService:
                 ],
             },
             "tail": _last_lines(self.latest),
+            "job": _job_status(self.latest),
         }
 
     def note_refusal(self, refusal: netns.Refusal) -> None:
         """The relay refused another user's connection: keep it and say so."""
         self.refused.append(refusal)
         self.refused_total += 1
-        who = _user_name(refusal.uid) or "an unknown owner"
+        who = _user_name(refusal.uid) or (refusal.address or "an unknown owner")
         uid = "" if refusal.uid is None else f" (uid {refusal.uid})"
         self.log(
             f"refused a connection from {who}{uid}: only your own processes may "
@@ -143,17 +149,17 @@ class PvserverService:
     @property
     def max_ranks(self) -> int:
         """The most ranks a user may ask for: the site's max_ranks, or 1 for one process."""
-        return self.options.max_ranks if self.options.engine == "mpiexec" else 1
+        return self.options.max_ranks if self.options.engine != "local" else 1
 
     def _check_ranks(self, ranks: int, restarting: bool = False) -> None:
         """Raise :class:`RanksRefused` unless pvserver may run on ``ranks`` ranks now (a
         restart the user asked for may end a connected client: the page's Restart does)."""
         if not 1 <= ranks <= self.max_ranks:
-            if self.options.engine != "mpiexec":
+            if self.options.engine == "local":
                 raise RanksRefused(
                     f"{ranks} ranks: this system runs pvserver as one process (the site "
                     "configuration's [apps.paraview] engine is 'local'); ask your "
-                    "administrators for engine = 'mpiexec'."
+                    "administrators for engine = 'mpiexec' or 'slurm'."
                 )
             raise RanksRefused(
                 f"{ranks} ranks: this system allows 1 to {self.max_ranks} "
@@ -167,9 +173,12 @@ class PvserverService:
                 "the status page."
             )
 
-    async def ensure_started(self, ranks: int | None = None) -> dict[str, Any]:
+    async def ensure_started(
+        self, ranks: int | None = None, wait: float | None = None
+    ) -> dict[str, Any]:
         """Start pvserver unless it runs (on ``ranks`` ranks if given: a running one on
-        another count is restarted); wait until it listens (or fails)."""
+        another count is restarted); wait until it listens (or fails), or for at most
+        ``wait`` seconds while its job waits for Slurm (the status says how it goes)."""
         async with self.lock:
             if ranks is not None:
                 self._check_ranks(ranks)
@@ -179,14 +188,21 @@ class PvserverService:
             if self.state not in ("starting", "running") or self.run is None:
                 await self._start()
             run = self.run
-        return await self._until_listening(run)
+        return await self._until_listening(run, wait)
 
-    async def _until_listening(self, run: Run | None) -> dict[str, Any]:
+    async def _until_listening(self, run: Run | None, wait: float | None = None) -> dict[str, Any]:
+        """The status once ``run`` listens. A job that Slurm has not started (or whose
+        pvserver has not connected back yet) is no failure: after ``wait`` seconds the
+        status says where it is (``state`` "starting"), and the caller asks again."""
         if run is None:
             raise StartFailed(self.message)
+        queued = self.starter.connects_back
+        limit = wait if queued and wait is not None else self.options.timeout
         try:
-            await asyncio.wait_for(run.listening.wait(), self.options.timeout)
+            await asyncio.wait_for(run.listening.wait(), limit)
         except asyncio.TimeoutError:
+            if queued and self.run is run:
+                return self.status()  # the job's own deadline is _arrival_deadline's
             await self.stop(f"pvserver did not listen within {self.options.timeout:.0f} s.")
             self.state = "failed"
             raise StartFailed(self.message) from None
@@ -199,18 +215,27 @@ class PvserverService:
         self.state, self.message = "starting", "Starting pvserver…"
         # A directory per start: the previous run's clean-up must not touch this one.
         self.starts += 1
-        workdir = fresh_private_dir(self.options.directory / f"pvserver-{self.starts}")
+        try:
+            workdir = fresh_private_dir(self._runs_directory() / f"pvserver-{self.starts}")
+        except OSError as err:
+            self.state, self.message = "failed", f"pvserver's job directory: {err}"
+            self.log(self.message)
+            return
         # ParaView's connect-id is a positive 32-bit int; it lives only in this file.
-        connect_id_file = write_private_file(
-            workdir / "connect-id", str(secrets.randbelow(2**31 - 2) + 1)
-        )
-        run = Run(workdir, connect_id_file, self.starter.engine, self.log)
+        connect_id = secrets.randbelow(2**31 - 2) + 1
+        connect_id_file = write_private_file(workdir / "connect-id", str(connect_id))
+        run = Run(workdir, connect_id_file, self.starter.engine, self.log, self.starter.stop_grace)
         self.latest = run
         try:
+            if self.starter.connects_back:
+                run.rendezvous = await self._rendezvous(run, connect_id)
             await self.starter.start(self.options, run)
-        except StartFailed as err:
-            self.state, self.message = "failed", str(err)
-            self.log(str(err))
+        except (StartFailed, OSError) as err:
+            self.state = "failed"
+            self.message = str(err) if isinstance(err, StartFailed) else f"pvserver: {err}"
+            self.log(self.message)
+            if isinstance(run.rendezvous, Rendezvous):
+                await run.rendezvous.close()
             remove_tree(workdir)
             return
         assert run.process is not None, "a starter that returns has started pvserver"
@@ -218,9 +243,79 @@ class PvserverService:
         self.log(f"started pvserver (pid {run.process.pid})")
         run.follower = asyncio.get_running_loop().create_task(self._follow(run))
 
+    def _runs_directory(self) -> Path:
+        """Where each run's directory goes: the service's own, or for a job the site's
+        ``job_directory`` (which every node must see), made private if it is new."""
+        if not self.starter.connects_back:
+            return self.options.directory
+        root = Path(self.options.job_directory).expanduser()
+        for parent in reversed(root.parents):
+            if not parent.exists():
+                ensure_private_dir(parent)
+        return ensure_private_dir(root)
+
+    async def _rendezvous(self, run: Run, connect_id: int) -> Rendezvous:
+        """Where the run's pvserver connects back to (from the job's first node only)."""
+        return await Rendezvous(
+            connect_id,
+            callback_host(self.options),
+            self.options.handshake_timeout,
+            allowed_hosts=lambda: _addresses(run.job.get("batch_host", "")),
+            on_arrival=lambda: self._arrived(run),
+            on_refusal=self.note_refusal,
+            log=self.log,
+        ).start()
+
+    def _arrived(self, run: Run) -> None:
+        """pvserver connected back (first, or again after a client left): clients may join."""
+        if self.run is not run:
+            return
+        run.arrived = True
+        if run.relay is None:
+            self._background(self._listening(run, 0))
+        else:
+            self.state, self.message = "running", "Waiting for a client."
+
+    def _job_event(self, run: Run, event: dict[str, Any]) -> None:
+        """A change of the run's Slurm job, from :mod:`hpc_proxies.batchjob`."""
+        kind = event.pop("event", "")
+        run.job.update({k: str(v) for k, v in event.items() if k not in ("message", "ending")})
+        job = run.job.get("id", "?")
+        if kind == "refused":
+            run.ending = f"Slurm refused pvserver's job: {event.get('message', '')}"
+        elif kind == "submitted":
+            self.message = f"Submitted pvserver's job {job} to Slurm."
+        elif kind == "ended":
+            run.ending = f"pvserver's job {job} ended: {event.get('ending', '')}"
+            if run.job.get("state"):
+                run.ending += f" ({run.job['state']})"
+        elif kind == "job" and self.run is run and not run.arrived:
+            self.message = _queue_words(run.job)
+            if run.job.get("state") == "RUNNING" and not run.timed:
+                run.timed = True
+                self._background(self._arrival_deadline(run))
+        if kind in ("submitted", "job", "ended"):
+            self.log(f"Slurm: {_queue_words(run.job) if kind == 'job' else self.message}")
+
+    async def _arrival_deadline(self, run: Run) -> None:
+        """Once the job runs, pvserver has ``pvserver_timeout`` seconds to connect back."""
+        try:
+            await asyncio.wait_for(run.listening.wait(), self.options.timeout)
+        except asyncio.TimeoutError:
+            if self.run is run:
+                await self.stop(
+                    f"pvserver did not connect back within {self.options.timeout:.0f} s of its "
+                    f"job's start (job {run.job.get('id', '?')}); its output is below."
+                )
+                self.state = "failed"
+
     async def _follow(self, run: Run) -> None:
         """Read pvserver's lines: its state marks, refusals, and (None) its exit."""
         while (line := await run.lines.get()) is not None:
+            if line.startswith(batchjob.MARK):
+                with contextlib.suppress(ValueError):
+                    self._job_event(run, json.loads(line.removeprefix(batchjob.MARK)))
+                continue
             if line.startswith(MARK):
                 words = line.split()[1:]
                 if words[:1] == ["listening"] and self.run is run:
@@ -243,8 +338,19 @@ class PvserverService:
         await self._stopped(run, await run.process.wait())
 
     async def _listening(self, run: Run, port: int) -> None:
-        """pvserver listens: clients reach it on ``port``, or through a loopback relay."""
-        if run.connector is not None:
+        """pvserver listens: clients reach it on ``port``, or through a loopback relay
+        (to its namespace, or to its rendezvous when it connected back)."""
+        if isinstance(run.rendezvous, Rendezvous):
+            rendezvous = run.rendezvous
+            run.relay = await netns.LoopbackRelay(
+                None,
+                on_refusal=self.note_refusal,
+                on_join=lambda ended: self._joined(run, ended),
+                log=self.log,
+                open_inner=rendezvous.join,
+            ).start()
+            port = run.relay.port or 0
+        elif run.connector is not None:
             run.relay = await netns.LoopbackRelay(
                 run.connector,
                 port,
@@ -257,6 +363,23 @@ class PvserverService:
         self.state, self.message = "running", "Waiting for a client."
         run.listening.set()
         self.log(f"listening on port {run.port}, reachable on {run.network}")
+
+    def _joined(self, run: Run, ended: asyncio.Event) -> None:
+        """A client was joined to the pvserver that connected back (the handshake is
+        done): it is connected until its connection ends, then pvserver comes back."""
+        run.connected = True
+        run.connected_event.set()
+        self.message = "A client is connected."
+        self.log("client connected")
+        self._background(self._client_left(run, ended))
+
+    async def _client_left(self, run: Run, ended: asyncio.Event) -> None:
+        await ended.wait()
+        if self.run is run and run.connected:
+            run.connected = False
+            run.connected_event.clear()
+            if self.state == "running":
+                self.message = "The client left; pvserver starts again in its job."
 
     def _watch_handshake(self, run: Run, ended: asyncio.Event) -> None:
         """A client came through the relay: it must finish the handshake (pvserver says
@@ -286,6 +409,8 @@ class PvserverService:
         """The one clean-up of a run, however it ended: its relay, X server and files go."""
         if run.relay is not None:
             await run.relay.close()
+        if isinstance(run.rendezvous, Rendezvous):
+            await run.rendezvous.close()
         if run.xserver is not None:
             await asyncio.to_thread(run.xserver.stop)
         remove_tree(run.workdir)
@@ -295,7 +420,13 @@ class PvserverService:
         run.listening.set()  # wake waiters: they see the failure
         if self.state == "stopping":
             return
-        if not run.connected:
+        if run.ending:  # a Slurm job: refused, or ended (walltime, scancel, a failure)
+            ran = run.arrived and code != batchjob.EXIT_REFUSED
+            self.state = "stopped" if ran else "failed"
+            self.message = run.ending + (
+                "; connect() starts a new one." if ran else "; its output is below."
+            )
+        elif not run.connected:
             self.state = "failed"
             if code == EXIT_NO_PARAVIEW:
                 self.message = "ParaView's Python modules cannot be imported (see the log below)."
@@ -327,7 +458,7 @@ class PvserverService:
             await run.follower  # it sees the exit and cleans up
         self.state, self.message = "stopped", message
 
-    async def restart(self, ranks: int | None = None) -> dict[str, Any]:
+    async def restart(self, ranks: int | None = None, wait: float | None = None) -> dict[str, Any]:
         """Stop and start as one step (on ``ranks`` ranks if given): a start asked for
         meanwhile waits for it, so it neither starts a second pvserver nor has its own
         marked stopped."""
@@ -338,7 +469,53 @@ class PvserverService:
             await self._stop("Restarting…")
             await self._start()
             run = self.run
-        return await self._until_listening(run)
+        return await self._until_listening(run, wait)
+
+
+def _queue_words(job: dict[str, str]) -> str:
+    """Where a job is, as its user says it: "pending: Resources", then where it starts."""
+    job_id, state = job.get("id", "?"), job.get("state", "")
+    if state == "PENDING":
+        words = f"pvserver's job {job_id} is pending: {job.get('reason') or 'in the queue'}"
+        start = parse_time(job.get("start", ""))
+        if start is not None:
+            words += f"; Slurm expects it to start at {start:%Y-%m-%d %H:%M} UTC"
+        return words + "."
+    if state in ("RUNNING", "CONFIGURING"):
+        return f"pvserver's job {job_id} is starting on {job.get('nodes') or 'its node'}…"
+    return f"pvserver's job {job_id} is {state.lower() or 'submitted'}."
+
+
+def _job_status(run: Run | None) -> dict[str, Any] | None:
+    """The status page's job rows: id, state, nodes, ranks, the walltime left."""
+    if run is None or not run.job:
+        return None
+    job = run.job
+    end = parse_time(job.get("end", "")) if job.get("state") == "RUNNING" else None
+    now = datetime.now(timezone.utc)
+    left = None if end is None else max(0, round((end - now).total_seconds()))
+    return {
+        "id": job.get("id"),
+        "state": job.get("state"),
+        "reason": job.get("reason"),
+        "nodes": job.get("nodes"),
+        "ranks": job.get("tasks"),
+        "time_limit": job.get("time_limit"),
+        "time_left": left,
+        "words": _queue_words(job),
+        "ending": run.ending or None,
+    }
+
+
+def _addresses(host: str) -> set[str]:
+    """The IPv4 and IPv6 addresses of ``host`` (a node's name), empty if unknown."""
+    if not host:
+        return set()
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return set()
+    return {str(info[4][0]) for info in infos}
 
 
 def _last_lines(run: Run | None) -> list[str]:
@@ -352,7 +529,7 @@ def _last_lines(run: Run | None) -> list[str]:
 def _for_the_user(run: Run, line: str) -> bool:
     """Whether a line of the run's output means something to its user: not the keeper's
     and pvserver's marks, and not pvserver's address inside its namespace."""
-    if line.startswith((MARK, netns.MARK)):
+    if line.startswith((MARK, netns.MARK, batchjob.MARK)):
         return False
     return run.connector is None or not line.startswith(INNER_ADDRESS_LINES)
 

@@ -12,18 +12,30 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
+import socket
+import string
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .. import netns, xdisplay
+from .. import batchjob, netns, xdisplay
 from ..launcher.engines import LaunchEngine, LocalEngine
 from ..launcher.processes import ManagedProcess, ProcessGroup
+from ..runtime import write_private_file
 from . import HANDSHAKE_TIMEOUT
 
 SERVER_SCRIPT = Path(__file__).with_name("server.py")
+#: The built-in job script (a string.Template); a site may give its own (``job_script``).
+JOB_SCRIPT = Path(__file__).with_name("static") / "pvserver-job.sh"
+#: What a job script template may use; it must use ``pvserver``.
+JOB_PLACEHOLDERS = ("pvserver", "ranks", "job_name")
+#: sbatch options that the engine sets itself, which ``extra_args`` may not change.
+OWN_SBATCH_OPTIONS = ("--output", "--export", "--ntasks", "--job-name", "--chdir", "--parsable")
+JOB_NAME = "hpc-proxies-pvserver"
 
 
 @dataclass
@@ -40,10 +52,19 @@ class Options:
     timeout: float = 60.0
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     isolate_network: str = "auto"  # auto | required | off
-    engine: str = "local"  # local | mpiexec
-    ranks: int = 2  # with engine = mpiexec, unless the user asks for another count
+    engine: str = "local"  # local | mpiexec | slurm
+    ranks: int = 2  # with engine = mpiexec or slurm, unless the user asks for another count
     max_ranks: int = 4  # the most a user may ask for
     mpiexec: str = "mpiexec"
+    # engine = slurm: the job's sbatch options, its script, where its files go (a
+    # directory every node sees), and the address pvserver connects back to.
+    partition: str = ""
+    account: str = ""
+    time: str = "1:00:00"
+    extra_args: str = ""
+    job_script: str = ""
+    job_directory: str = "~/.hpc-proxies/paraview-jobs"
+    callback_address: str = ""
 
 
 class StartFailed(RuntimeError):
@@ -79,9 +100,21 @@ class Run:
     #: Where clients reach it, for the status page and the log.
     network: str = ""
     relay: netns.LoopbackRelay | None = None
+    #: engine = slurm: where pvserver connects back to, and its job as Slurm describes
+    #: it (id, state, reason, start, nodes, end...); ``ending`` says why it ended.
+    rendezvous: object | None = None
+    job: dict[str, str] = field(default_factory=dict)
+    ending: str = ""
+    arrived: bool = False
+    timed: bool = False  # the deadline for connecting back runs (from the job's start)
+    stop_grace: InitVar[float] = 5.0
 
-    def __post_init__(self, engine: LaunchEngine, log: Callable[[str], None]) -> None:
-        self.group = ProcessGroup(engine, on_line=self._line, on_exit=self._exit, log=log)
+    def __post_init__(
+        self, engine: LaunchEngine, log: Callable[[str], None], stop_grace: float
+    ) -> None:
+        self.group = ProcessGroup(
+            engine, on_line=self._line, on_exit=self._exit, log=log, stop_grace=stop_grace
+        )
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> ManagedProcess:
         """Start ``argv`` in the run's directory as the run's process; its lines (and
@@ -107,6 +140,11 @@ class PvserverStarter(Protocol):
     ranks: int
     #: Where the run's processes are started (the run's group is given it).
     engine: LaunchEngine
+    #: Whether pvserver connects back to the service (:mod:`.rendezvous`) instead of
+    #: listening: then the service opens the run's rendezvous before ``start``.
+    connects_back: bool
+    #: Seconds the run's processes get to end after SIGTERM (a job's cancel takes longer).
+    stop_grace: float
 
     async def start(self, options: Options, run: Run) -> None:
         """Start pvserver through ``run.spawn``; fill in ``run``'s X server, connector
@@ -120,6 +158,8 @@ class LocalPvserver:
     namespace of its own where the kernel allows one (:mod:`hpc_proxies.netns`)."""
 
     ranks = 1
+    connects_back = False
+    stop_grace = 5.0
 
     def __init__(self, engine: LaunchEngine | None = None) -> None:
         self.engine: LaunchEngine = engine or LocalEngine()
@@ -213,10 +253,165 @@ class MpiexecPvserver(LocalPvserver):
         return [self.mpiexec, "--oversubscribe", "-n", str(self.ranks), *argv], env
 
 
+class SlurmPvserver:
+    """pvserver on ``ranks`` MPI ranks as a Slurm batch job of its own, on the nodes
+    Slurm gives it. Its local process is :mod:`hpc_proxies.batchjob`, which submits
+    the job, reports its queue state, passes on its output and cancels it when stopped.
+
+    Nothing of pvserver listens on the job's nodes: rank 0 connects back to the run's
+    rendezvous (:mod:`.rendezvous`) on this node. Each rank renders on a private Xvfb
+    of its own (``rendering = "xvfb"``), or with EGL. The job's files (script, output,
+    connect-id) are in a 0700 directory every node sees (``job_directory``)."""
+
+    connects_back = True
+    #: batchjob cancels the job and waits for Slurm to end it (KillWait and more).
+    stop_grace = 60.0
+
+    def __init__(self, ranks: int, engine: LaunchEngine | None = None) -> None:
+        self.engine: LaunchEngine = engine or LocalEngine()
+        self.ranks = ranks
+
+    def rank_argv(self, options: Options, run: Run) -> list[str]:
+        """One rank's argv: server.py, connecting back, each rank with its own display."""
+        from .rendezvous import Rendezvous
+
+        rendezvous = run.rendezvous
+        assert isinstance(rendezvous, Rendezvous) and rendezvous.port is not None
+        argv = [options.python, str(SERVER_SCRIPT), "--connect-id-file", str(run.connect_id_file)]
+        argv += ["--reverse", f"{rendezvous.host}:{rendezvous.port}"]
+        if options.rendering == "egl":
+            argv += [
+                "--pv-arg=--force-offscreen-rendering",
+                f"--pv-arg=--displays={options.egl_device}",
+            ]
+        elif options.rendering == "xvfb":
+            display = [sys.executable, "-m", "hpc_proxies.xdisplay", "--xvfb", options.xvfb]
+            argv = [*display, "--", *argv]
+        return argv
+
+    def pvserver_lines(self, options: Options, run: Run) -> str:
+        """The job script's ``${pvserver}``: the ranks, started again after each client."""
+        launch = shlex.join([options.mpiexec, "-n", str(self.ranks), *self.rank_argv(options, run)])
+        root = "export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1\n"
+        return (
+            "# hwloc's GL plugin would open every X display on the node, other users' too;\n"
+            "# idle ranks yield their core.\n"
+            "export HWLOC_COMPONENTS=-gl OMPI_MCA_mpi_yield_when_idle=1\n"
+            + (root if os.geteuid() == 0 else "")
+            + "# pvserver ends when its client leaves: start it again, until the job ends.\n"
+            + f"while {launch}; do :; done\n"
+        )
+
+    def sbatch_options(self, options: Options, run: Run) -> list[str]:
+        argv = [
+            f"--job-name={JOB_NAME}",
+            f"--ntasks={self.ranks}",
+            f"--chdir={run.workdir}",
+            f"--time={options.time}",
+            "--export=ALL",
+        ]
+        if options.partition:
+            argv.append(f"--partition={options.partition}")
+        if options.account:
+            argv.append(f"--account={options.account}")
+        return argv + shlex.split(options.extra_args)
+
+    async def start(self, options: Options, run: Run) -> None:
+        template = read_job_template(options.job_script)
+        script = string.Template(template).safe_substitute(
+            pvserver=self.pvserver_lines(options, run), ranks=self.ranks, job_name=JOB_NAME
+        )
+        script_file = write_private_file(run.workdir / "pvserver-job.sh", script)
+        argv = [
+            sys.executable,
+            "-m",
+            "hpc_proxies.batchjob",
+            "--script",
+            str(script_file),
+            "--output",
+            str(run.workdir / "job.out"),
+            "--",
+            *self.sbatch_options(options, run),
+        ]
+        rendezvous = run.rendezvous
+        run.network = (
+            "nowhere on the job's nodes: pvserver connects back to "
+            f"{getattr(rendezvous, 'host', '?')}:{getattr(rendezvous, 'port', '?')} on this "
+            "node (its connect-id, from the job's nodes only); clients reach it through "
+            "127.0.0.1, this user's processes only"
+        )
+        try:
+            run.spawn("slurm job", argv, batchjob.job_environment(os.environ))
+        except OSError as err:
+            raise StartFailed(f"starting {argv[0]} failed: {err}") from err
+
+
+def read_job_template(path: str) -> str:
+    """The job script template: the site's file, or the built-in one."""
+    return Path(path).expanduser().read_text() if path else JOB_SCRIPT.read_text()
+
+
+def job_template_problem(path: object) -> str | None:
+    """What is wrong with a job script template file, in words; None if it is usable."""
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        text = read_job_template(path)
+    except OSError as err:
+        return f"cannot read the job script template {path}: {err.strerror or err}"
+    template = string.Template(text)
+    if not template.is_valid():
+        return (
+            f"{path} is not a valid template: write a literal $ as $$ (placeholders: "
+            + ", ".join(f"${{{name}}}" for name in JOB_PLACEHOLDERS)
+            + ")"
+        )
+    used = set(template.get_identifiers())
+    unknown = sorted(used - set(JOB_PLACEHOLDERS))
+    if unknown:
+        return (
+            f"{path} uses unknown placeholders {', '.join('$' + u for u in unknown)}; "
+            f"it may use {', '.join('$' + p for p in JOB_PLACEHOLDERS)} (a literal $ is $$)"
+        )
+    if "pvserver" not in used:
+        return f"{path} must contain ${{pvserver}}, the line that runs pvserver's ranks"
+    return None
+
+
+def extra_args_problem(value: object) -> str | None:
+    """What is wrong with ``extra_args`` (sbatch options), in words; None if fine."""
+    if not isinstance(value, str):
+        return None
+    try:
+        words = shlex.split(value)
+    except ValueError as err:
+        return f"cannot be split as a command line: {err}"
+    for word in words:
+        if not word.startswith("-"):
+            return f"{word!r} is not an sbatch option (each starts with - or --)"
+        name = word.split("=", 1)[0]
+        if name in OWN_SBATCH_OPTIONS or name in ("-o", "-n", "-J", "-D"):
+            return f"{name} is set by hpc-proxies itself (ranks, output, environment, name)"
+    return None
+
+
+def callback_host(options: Options) -> str:
+    """The address on this node that pvserver's job connects back to: the site's
+    ``callback_address``, or the address this node's name resolves to."""
+    if options.callback_address:
+        return options.callback_address
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
 def starter_for(options: Options) -> PvserverStarter:
     """The starter the site configuration's ``engine`` chooses."""
     if options.engine == "mpiexec":
         return MpiexecPvserver(options.ranks, options.mpiexec)
+    if options.engine == "slurm":
+        return SlurmPvserver(options.ranks)
     return LocalPvserver()
 
 

@@ -67,8 +67,20 @@ def make_app(service: PvserverService) -> web.Application:
             why = str(err) if isinstance(err, RanksRefused) else f"ranks={asked!r}: not a number"
             return web.json_response({**service.status(), "error": why}, status=400)
 
+    async def queued(request: web.Request, action) -> web.Response:
+        """``?wait=S``: answer after S seconds at most while a job waits for Slurm (202,
+        with the status saying where it is); the caller asks again."""
+        try:
+            wait = float(request.query["wait"]) if "wait" in request.query else None
+        except ValueError:
+            wait = None
+        response = await with_ranks(request, lambda ranks: action(ranks, wait))
+        if response.status == 200 and service.state == "starting":
+            response.set_status(202)
+        return response
+
     async def start(request: web.Request) -> web.Response:
-        return await with_ranks(request, service.ensure_started)
+        return await queued(request, service.ensure_started)
 
     async def stop(request: web.Request) -> web.Response:
         await service.stop()
@@ -76,7 +88,7 @@ def make_app(service: PvserverService) -> web.Application:
         return web.json_response(service.status())
 
     async def restart(request: web.Request) -> web.Response:
-        return await with_ranks(request, service.restart)
+        return await queued(request, service.restart)
 
     async def view(request: web.Request) -> web.StreamResponse:
         view_id = request.match_info["view"]
@@ -162,6 +174,13 @@ def parse_options(argv: list[str] | None = None) -> tuple[Path, Options]:
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--max-ranks", type=int, default=4)
     parser.add_argument("--mpiexec", default="mpiexec")
+    parser.add_argument("--partition", default="")
+    parser.add_argument("--account", default="")
+    parser.add_argument("--time", default="1:00:00")
+    parser.add_argument("--extra-args", default="")
+    parser.add_argument("--job-script", default="")
+    parser.add_argument("--job-directory", default="~/.hpc-proxies/paraview-jobs")
+    parser.add_argument("--callback-address", default="")
     args = parser.parse_args(argv)
     options = Options(
         directory=args.dir,
@@ -178,6 +197,13 @@ def parse_options(argv: list[str] | None = None) -> tuple[Path, Options]:
         ranks=args.ranks,
         max_ranks=args.max_ranks,
         mpiexec=args.mpiexec,
+        partition=args.partition,
+        account=args.account,
+        time=args.time,
+        extra_args=args.extra_args,
+        job_script=args.job_script,
+        job_directory=args.job_directory,
+        callback_address=args.callback_address,
     )
     return args.socket, options
 

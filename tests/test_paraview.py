@@ -70,12 +70,15 @@ class PvKernel:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def run(self, code: str, timeout: float = 180) -> tuple[str, dict | None]:
-        """The cell's text (stdout and results), and its error (ename, evalue) if any."""
+    def run(
+        self, code: str, timeout: float = 180, texts: list[str] | None = None
+    ) -> tuple[str, dict | None]:
+        """The cell's text (stdout and results), and its error (ename, evalue) if any.
+        ``texts``, if given, gets the cell's output as it comes (watch it from a thread)."""
         if not self.ready:
             self.kc.wait_for_ready(timeout=60)
             self.ready = True
-        texts: list[str] = []
+        texts = [] if texts is None else texts
         error: dict | None = None
 
         def hook(msg):

@@ -476,7 +476,10 @@ def _queue_words(job: dict[str, str]) -> str:
     """Where a job is, as its user says it: "pending: Resources", then where it starts."""
     job_id, state = job.get("id", "?"), job.get("state", "")
     if state == "PENDING":
-        words = f"pvserver's job {job_id} is pending: {job.get('reason') or 'in the queue'}"
+        reason = job.get("reason", "")
+        if reason in ("", "None"):  # just submitted: the scheduler has not looked yet
+            reason = "waiting for the scheduler"
+        words = f"pvserver's job {job_id} is pending: {reason}"
         start = parse_time(job.get("start", ""))
         if start is not None:
             words += f"; Slurm expects it to start at {start:%Y-%m-%d %H:%M} UTC"

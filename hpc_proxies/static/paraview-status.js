@@ -2,6 +2,7 @@
 // api/stop|restart with the Jupyter server's XSRF token (a cookie-authenticated POST
 // needs it). Where the site runs pvserver on MPI ranks, (Re)start takes the count in
 // the Ranks field, up to the site's max_ranks; a refusal's reason shows as the message.
+// Where pvserver runs as a Slurm job of its own, the "Slurm job" rows say where it is.
 (function () {
   const $ = (id) => document.getElementById(id);
   const xsrf = (document.cookie.match(/(?:^|; )_xsrf=([^;]*)/) || [])[1] || '';
@@ -11,6 +12,37 @@
     if (s === null) return '-';
     const h = Math.floor(s / 3600), m = Math.floor(s / 60) % 60, r = Math.floor(s % 60);
     return (h ? h + ' h ' : '') + (h || m ? m + ' min ' : '') + r + ' s';
+  }
+  // engine = slurm: pvserver's own batch job. Its states as a user says them; a job
+  // the service no longer runs (stopped, failed) is not "running" any more, whatever
+  // Slurm last said of it.
+  const activeJob = ['PENDING', 'CONFIGURING', 'RUNNING', 'COMPLETING', 'SUSPENDED'];
+  function jobWords(job, live) {
+    const state = job.state || '';
+    let words;
+    if (!state) words = 'submitted';
+    else if (!live && !job.ending && activeJob.includes(state)) words = 'ended';
+    else if (state === 'PENDING') {
+      words = 'pending' + (job.reason && job.reason !== 'None' ? ': ' + job.reason : '');
+    } else words = state.toLowerCase().replace(/_/g, ' ');
+    return job.id + ' — ' + words;
+  }
+  function clock(s) {  // h:mm:ss
+    const pad = (n) => String(n).padStart(2, '0');
+    return Math.floor(s / 3600) + ':' + pad(Math.floor(s / 60) % 60) + ':' + pad(s % 60);
+  }
+  function showJob(job, live) {
+    $('job-rows').hidden = !job;
+    if (!job) return;
+    const none = '—';
+    $('job').textContent = jobWords(job, live);
+    $('job-nodes').textContent = job.nodes && job.nodes !== '(null)' ? job.nodes : none;
+    $('job-ranks').textContent = job.ranks || none;
+    $('job-limit').textContent = job.time_limit || none;
+    const left = live && job.time_left !== null && job.time_left !== undefined;
+    $('job-left').textContent = left ? clock(job.time_left) : none;
+    $('job-ending-row').hidden = !job.ending;
+    $('job-ending').textContent = job.ending || '';
   }
   let edited = false;  // the user typed a count: polling no longer overwrites it
   let refusal = '';   // why the last (re)start was refused, until the next one
@@ -35,6 +67,7 @@
     $('client').textContent = info.client_connected ? 'connected' : 'none';
     $('rendering').textContent = info.rendering + (info.display ? ' ' + info.display : '');
     $('network').textContent = info.network || '-';
+    showJob(info.job, ['starting', 'running', 'stopping'].includes(info.state));
     const refused = info.refused || {total: 0, latest: []};
     $('refused-row').hidden = !refused.total;
     if (refused.total) {

@@ -214,13 +214,16 @@ def cancel(job: Job, tail: OutputTail) -> None:
     if done.returncode != 0:
         print(f"scancel {job.id}: {done.stderr.strip()}", flush=True)
     deadline = time.monotonic() + CANCEL_WAIT
+    record = None
     while time.monotonic() < deadline:
         record = describe(job.id)
         if record is None or record.get("JobState") in FINISHED:
             break
         time.sleep(0.25)
+    if record is not None:
+        job.record = record
     tail.flush()
-    say(event="cancelled", id=job.id)
+    say(event="cancelled", **job.view())
 
 
 def main(argv: list[str] | None = None) -> int:

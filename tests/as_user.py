@@ -31,18 +31,22 @@ def anyone_python(scripts: tuple[str, ...] = ("tensorboard",)) -> Iterator[str]:
 
 @contextmanager
 def users_jupyter(
-    user: LocalUser, python: str, toml: str | None = None, dirs: tuple[str, ...] = ()
+    user: LocalUser,
+    python: str,
+    toml: str | None = None,
+    dirs: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[JupyterServer]:
     """``user``'s Jupyter server (site configuration ``toml``), with HOME and its root
     directory in a base directory only ``user`` can enter, and ``dirs`` (names) made
-    there too; ``server.extra["base"]`` is that directory. Stopped, and the base
-    removed, after."""
+    there too; ``server.extra["base"]`` is that directory; ``env`` is added to its
+    environment. Stopped, and the base removed, after."""
     base = Path(tempfile.mkdtemp(prefix=f"{user.name}-"))
     try:
         for path in (base, base / "home", base / "root", *(base / name for name in dirs)):
             path.mkdir(mode=0o700, exist_ok=True)
             os.chown(path, user.uid, user.gid)
-        env = {"HOME": str(base / "home")}
+        env = {**(env or {}), "HOME": str(base / "home")}
         with jupyter_with_site(base, toml, env, user=user, python=python) as server:
             server.extra["base"] = base
             yield server

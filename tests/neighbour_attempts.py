@@ -9,9 +9,11 @@ The targets come as one JSON argument (found by the test, as root), each optiona
 ``pids`` (read their environment), ``argv`` (true: read every process's command line),
 ``dirs`` (list them), ``sockets`` (connect), ``files`` (read: secrets, X cookies),
 ``displays`` (open them, on their socket and over TCP), ``tcp`` (send garbage to these
-ports on 127.0.0.1) and ``http`` (GET ``paths`` from ``port`` on 127.0.0.1, without
-credentials). One JSON object is printed: what came of each attempt, for the test to
-judge and the docs to show.
+ports on 127.0.0.1), ``http`` (GET ``paths`` from ``port`` on 127.0.0.1, without
+credentials) and ``search`` (read every file below these directories that the user can,
+and name those holding one of the secrets given on standard input, a JSON list: never
+in the argv, which everyone can read). One JSON object is printed: what came of each
+attempt, for the test to judge and the docs to show.
 """
 
 import http.client
@@ -72,6 +74,25 @@ def http_get(port, path):
         conn.close()
 
 
+def files_holding(directories, secrets):
+    """Every file below ``directories`` this user can read that holds one of ``secrets``."""
+    found = []
+    for directory in directories:
+        for root, _dirs, names in os.walk(directory):
+            for name in names:
+                path = os.path.join(root, name)
+                try:
+                    if not os.path.isfile(path) or os.path.getsize(path) > 16 << 20:
+                        continue
+                    with open(path, "rb") as f:
+                        data = f.read()
+                except OSError:
+                    continue
+                if any(secret.encode() in data for secret in secrets):
+                    found.append(path)
+    return found
+
+
 def main():
     targets = json.loads(sys.argv[1])
     out = {"whoami": os.getuid(), "job": os.environ.get("SLURM_JOB_ID")}
@@ -106,6 +127,8 @@ def main():
     if "http" in targets:
         port = targets["http"]["port"]
         out["http"] = {path: http_get(port, path)[:2] for path in targets["http"]["paths"]}
+    if "search" in targets:
+        out["search"] = files_holding(targets["search"], json.load(sys.stdin))
     print(json.dumps(out))
 
 

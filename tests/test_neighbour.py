@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import stat
+import subprocess
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,9 +76,17 @@ def assert_all_run_as(server: JupyterServer, user: LocalUser) -> None:
 ATTEMPTS = Path(__file__).with_name("neighbour_attempts.py")
 
 
-def attempt(neighbour, **targets) -> dict:
-    """Run ``neighbour_attempts.py`` on ``targets`` as the neighbour; what came of each."""
-    done = neighbour.run("/usr/bin/python3", str(ATTEMPTS), json.dumps(targets), timeout=120)
+def attempt(neighbour, secrets: list[str] | None = None, **targets) -> dict:
+    """Run ``neighbour_attempts.py`` on ``targets`` as the neighbour; what came of each.
+    ``secrets`` (for a ``search``) go to it on standard input, never in its argv."""
+    done = subprocess.run(
+        neighbour.argv("/usr/bin/python3", str(ATTEMPTS), json.dumps(targets)),
+        input=json.dumps(secrets or []),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=neighbour.env(),
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

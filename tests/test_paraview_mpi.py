@@ -165,6 +165,7 @@ def test_one_process_systems_refuse_more_ranks_clearly(tmp_path):
 def test_the_status_page_restarts_pvserver_on_the_ranks_asked_for(mpi_jupyter):
     """The tile's status page: a Ranks field (up to max_ranks) beside Restart; a count
     the site allows restarts pvserver on it, one it does not is refused in words."""
+    mpi_jupyter.wait_for_app("/paraview/api/status")  # launched, also when run alone
     code, body = post(mpi_jupyter, "start?ranks=2")
     assert code == 200 and body["ranks"] == 2, body
     with chromium("paraview-ranks-failure", {"width": 900, "height": 700}) as context:

@@ -12,14 +12,17 @@ import base64
 import json
 import re
 import signal
+import stat
 import threading
 from pathlib import Path
 
 import pytest
 import slurm
+from as_user import anyone_python, users_jupyter
 from conftest import ARTIFACTS, jupyter_with_site
-from processes import cmdline, wait_gone
-from test_paraview import PvKernel, post, status
+from processes import LocalUser, cmdline, ordinary_user, wait_gone
+from test_neighbour import attempt
+from test_paraview import NEIGHBOUR_ATTACK, PvKernel, post, status
 from test_paraview_mpi import CELL, hues
 from waiting import until
 
@@ -190,3 +193,109 @@ def test_walltime_ends_pvserver_and_the_next_connect_starts_a_new_job(slurm_clus
     assert slurm_cluster.state(first) == "TIMEOUT"
     assert err is None and "partitions 2" in out, (err, out)
     assert again["job"]["id"] != first, again
+
+
+#: The owner's own client, run as the owner: connects through the relay with the id.
+OWNER_CLIENT = """
+import json, sys
+from paraview.modules.vtkRemotingCore import vtkRemotingCoreConfiguration
+from paraview import simple, servermanager
+port, id_file = int(sys.argv[1]), sys.argv[2]
+vtkRemotingCoreConfiguration.GetInstance().SetConnectID(int(open(id_file).read()))
+connection = simple.Connect("127.0.0.1", port, timeout=60)
+print(json.dumps({"partitions": servermanager.ActiveConnection.GetNumberOfDataPartitions()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def owner() -> LocalUser:
+    return ordinary_user("hpcp-pv-owner")
+
+
+def test_no_secret_reaches_another_user_and_they_cannot_connect_or_stall(
+    slurm_cluster, owner, neighbour
+):
+    """As ordinary users: the owner's Jupyter submits the job, the neighbour (another user
+    of the node) looks for the connect-id and the Jupyter token in every command line,
+    in `scontrol show job` and in every file they can read, and tries the rendezvous and
+    the relay: refused at once, while idle connections of theirs stall nothing."""
+    env = {"SLURM_CONF": str(slurm_cluster.conf)}
+    toml = site(slurm_cluster, Path("~/.hpc-proxies/paraview-jobs"))
+    toml = toml.replace('job_directory = "~/.hpc-proxies/paraview-jobs"\n', "")  # the default
+    with anyone_python() as python, users_jupyter(owner, python, toml, env=env) as server:
+        info = start(server)
+        job = info["job"]["id"]
+        id_file = Path(info["connect_id_file"])
+        connect_id = id_file.read_text().strip()
+        secrets = [connect_id, server.token]
+        jobs = server.extra["base"] / "home/.hpc-proxies/paraview-jobs"
+        assert id_file.is_relative_to(jobs)
+        assert stat.S_IMODE(jobs.stat().st_mode) == 0o700
+        callback_port = int(info["callback"].rsplit(":", 1)[1])
+
+        # Every command line on the node, the job's ranks and batchjob's included.
+        argvs = [
+            " ".join(cmdline(int(p.name))) for p in Path("/proc").iterdir() if p.name.isdigit()
+        ]
+        assert any("paraview/server.py" in a and "--reverse" in a for a in argvs)
+        assert not [a for a in argvs if any(s in a for s in secrets)]
+        # What Slurm shows another user, and keeps for the owner.
+        shown = slurm_cluster.run("scontrol", "show", "job", "-dd", job, user=neighbour).stdout
+        assert f"JobId={job}" in shown and f"UserId={owner.name}" in shown, shown
+        assert not [s for s in secrets if s in shown]
+        script = slurm_cluster.run("scontrol", "write", "batch_script", job, "-", user=owner)
+        assert "paraview/server.py" in script.stdout and not [
+            s for s in secrets if s in script.stdout
+        ]
+        theirs = slurm_cluster.run(
+            "scontrol", "write", "batch_script", job, "-", user=neighbour, check=False
+        )
+        # Slurm refuses (scontrol 22.05 still exits 0).
+        assert theirs.stdout == "" and "retrieval failed" in theirs.stderr, theirs
+        # The job's files; and every file the neighbour can read where they could be.
+        found = attempt(
+            neighbour,
+            secrets=secrets,
+            dirs=[str(jobs), str(id_file.parent)],
+            files=[str(p) for p in id_file.parent.iterdir()],
+            search=["/tmp", str(slurm_cluster.root), str(server.extra["base"]), "/var/tmp"],
+            tcp=[callback_port, info["port"]],
+        )
+        assert set(found["dirs"].values()) == {"PermissionError"}, found
+        assert set(found["files"].values()) == {"PermissionError"}, found
+        assert found["search"] == [], found
+        assert set(found["tcp"].values()) == {"closed"}, found
+
+        # Idle connections of the neighbour's on both ports while the owner connects.
+        attacks = [
+            neighbour.popen(
+                "/usr/bin/python3", "-c", NEIGHBOUR_ATTACK, str(port), "idle", "3", "60"
+            )
+            for port in (callback_port, info["port"])
+        ]
+        try:
+            for attack in attacks:
+                assert attack.stdout is not None
+                assert attack.stdout.readline().startswith("holding 3"), attack.stderr
+            client = owner.run(
+                "xvfb-run",
+                "-a",
+                "/usr/bin/python3",
+                "-c",
+                OWNER_CLIENT,
+                str(info["port"]),
+                str(id_file),
+                timeout=120,
+            )
+            outcome = [a.stdout.readline().strip() for a in attacks for _ in range(3)]
+        finally:
+            for attack in attacks:
+                attack.kill()
+                attack.wait()
+        assert client.returncode == 0, client.stderr[-3000:]
+        assert json.loads(client.stdout.strip().splitlines()[-1])["partitions"] == 2
+        assert all(line.startswith("closed") for line in outcome), outcome
+        refused = status(server)["refused"]
+        assert refused["total"] >= 8 and refused["latest"][0]["user"] == neighbour.name, refused
+        post(server, "stop")
+        assert slurm_cluster.state(job) == "CANCELLED"

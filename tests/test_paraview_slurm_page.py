@@ -130,8 +130,8 @@ def test_the_status_page_follows_pvservers_job_from_the_queue_to_stop(
             # The job is over: no walltime counts down for it any more.
             wait_js(
                 page,
-                page_says(f"t('job') === '{job_id} — ended' && t('job-left') === '—'"),
-                "the page to show the job ended, with no walltime left",
+                page_says(f"t('job') === '{job_id} — cancelled' && t('job-left') === '—'"),
+                "the page to show the job cancelled, with no walltime left",
                 server,
                 timeout=10,
             )

@@ -56,6 +56,10 @@ class HandshakeRefused(OSError):
     """A connection did not present this run's ParaView handshake; the message says why."""
 
 
+class WrongId(HandshakeRefused):
+    """A ParaView handshake with another connect-id: a guess, or another run's process."""
+
+
 def _exactly(sock: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -88,7 +92,7 @@ def answer_handshake(sock: socket.socket, connect_id: int, timeout: float) -> No
     accepted = hmac.compare_digest(presented.encode(), str(connect_id).encode())
     sock.sendall(struct.pack("<IIi", ANSWER_TAG, 4, ACCEPTED if accepted else WRONG_ID))
     if not accepted:
-        raise HandshakeRefused("a wrong connect-id")
+        raise WrongId("a wrong connect-id")
     sock.settimeout(None)
 
 
@@ -109,6 +113,7 @@ class Rendezvous:
         on_arrival: Callable[[], None],
         on_refusal: Callable[[netns.Refusal], None],
         log: Callable[[str], None],
+        on_wrong_id: Callable[[int], None] | None = None,
     ) -> None:
         self.connect_id = connect_id
         self.host = host
@@ -123,6 +128,10 @@ class Rendezvous:
         self.checks: set[asyncio.Task[None]] = set()
         self.parked: socket.socket | None = None
         self.arrivals = 0
+        #: Connections from the job's node that presented a wrong connect-id: someone
+        #: there guesses; ``on_wrong_id`` hears the count (the service then starts anew).
+        self.wrong_ids = 0
+        self.on_wrong_id = on_wrong_id
 
     async def start(self) -> Rendezvous:
         self.listener = socket.create_server((self.host, 0))
@@ -174,6 +183,10 @@ class Rendezvous:
             conn.close()
             self.on_refusal(netns.Refusal(time.time(), uid, "" if uid is not None else address))
             self.log(f"refused a connection to pvserver's rendezvous from {address}: {err}")
+            if isinstance(err, WrongId):
+                self.wrong_ids += 1
+                if self.on_wrong_id is not None:
+                    self.on_wrong_id(self.wrong_ids)
             return
         netns._no_delay(conn)
         self._unpark()

@@ -105,6 +105,8 @@ class PvserverService:
             "rendering": self.options.rendering,
             "display": run.xserver.display if running and run.xserver else None,
             "network": run.network if running else None,
+            # engine = slurm: where the job's pvserver connects back to (no secret).
+            "callback": _callback(self.latest),
             "stalled_handshakes": self.stalls,
             "refused": {
                 "total": self.refused_total,
@@ -114,7 +116,7 @@ class PvserverService:
                 ],
             },
             "tail": _last_lines(self.latest),
-            "job": _job_status(self.latest),
+            "job": _job_status(self.latest, live=self.latest is self.run),
         }
 
     def note_refusal(self, refusal: netns.Refusal) -> None:
@@ -264,7 +266,15 @@ class PvserverService:
             on_arrival=lambda: self._arrived(run),
             on_refusal=self.note_refusal,
             log=self.log,
+            on_wrong_id=lambda count: self._guessed(run, count),
         ).start()
+
+    def _guessed(self, run: Run, count: int) -> None:
+        """Wrong connect-ids from the job's node: after MAX_REFUSALS, a new job and id, so
+        that the id cannot be guessed (as pvserver's own refusals do for one process)."""
+        if count == MAX_REFUSALS and self.run is run:
+            self.log(f"{count} connections with a wrong id at the rendezvous: new job and id")
+            self._background(self.restart())
 
     def _arrived(self, run: Run) -> None:
         """pvserver connected back (first, or again after a client left): clients may join."""
@@ -289,13 +299,16 @@ class PvserverService:
             run.ending = f"pvserver's job {job} ended: {event.get('ending', '')}"
             if run.job.get("state"):
                 run.ending += f" ({run.job['state']})"
+        elif kind == "cancelled" and run.job.get("state") not in batchjob.FINISHED:
+            run.job["state"] = "CANCELLED"  # stopped by us; Slurm has forgotten it already
         elif kind == "job" and self.run is run and not run.arrived:
-            self.message = _queue_words(run.job)
+            self.message = _queue_words(run.job, run.arrived)
             if run.job.get("state") == "RUNNING" and not run.timed:
                 run.timed = True
                 self._background(self._arrival_deadline(run))
         if kind in ("submitted", "job", "ended"):
-            self.log(f"Slurm: {_queue_words(run.job) if kind == 'job' else self.message}")
+            words = _queue_words(run.job, run.arrived) if kind == "job" else self.message
+            self.log(f"Slurm: {words}")
 
     async def _arrival_deadline(self, run: Run) -> None:
         """Once the job runs, pvserver has ``pvserver_timeout`` seconds to connect back."""
@@ -472,8 +485,9 @@ class PvserverService:
         return await self._until_listening(run, wait)
 
 
-def _queue_words(job: dict[str, str]) -> str:
-    """Where a job is, as its user says it: "pending: Resources", then where it starts."""
+def _queue_words(job: dict[str, str], arrived: bool = False) -> str:
+    """Where a job is, as its user says it: "pending: Resources", then where it starts
+    (and, once pvserver has connected back, where it runs)."""
     job_id, state = job.get("id", "?"), job.get("state", "")
     if state == "PENDING":
         reason = job.get("reason", "")
@@ -485,16 +499,21 @@ def _queue_words(job: dict[str, str]) -> str:
             words += f"; Slurm expects it to start at {start:%Y-%m-%d %H:%M} UTC"
         return words + "."
     if state in ("RUNNING", "CONFIGURING"):
-        return f"pvserver's job {job_id} is starting on {job.get('nodes') or 'its node'}…"
+        where = job.get("nodes") or "its node"
+        if arrived:
+            return f"pvserver's job {job_id} runs on {where}."
+        return f"pvserver's job {job_id} is starting on {where}…"
     return f"pvserver's job {job_id} is {state.lower() or 'submitted'}."
 
 
-def _job_status(run: Run | None) -> dict[str, Any] | None:
-    """The status page's job rows: id, state, nodes, ranks, the walltime left."""
+def _job_status(run: Run | None, live: bool) -> dict[str, Any] | None:
+    """The status page's job rows: id, state, nodes, ranks, the walltime left (only
+    while ``live``: the run is the current one, not one that has ended)."""
     if run is None or not run.job:
         return None
     job = run.job
-    end = parse_time(job.get("end", "")) if job.get("state") == "RUNNING" else None
+    running = live and job.get("state") == "RUNNING"
+    end = parse_time(job.get("end", "")) if running else None
     now = datetime.now(timezone.utc)
     left = None if end is None else max(0, round((end - now).total_seconds()))
     return {
@@ -505,9 +524,16 @@ def _job_status(run: Run | None) -> dict[str, Any] | None:
         "ranks": job.get("tasks"),
         "time_limit": job.get("time_limit"),
         "time_left": left,
-        "words": _queue_words(job),
+        "words": _queue_words(job, run.arrived),
         "ending": run.ending or None,
     }
+
+
+def _callback(run: Run | None) -> str | None:
+    rendezvous = run.rendezvous if run is not None else None
+    if not isinstance(rendezvous, Rendezvous) or rendezvous.port is None:
+        return None
+    return f"{rendezvous.host}:{rendezvous.port}"
 
 
 def _addresses(host: str) -> set[str]:

@@ -13,15 +13,12 @@
     const h = Math.floor(s / 3600), m = Math.floor(s / 60) % 60, r = Math.floor(s % 60);
     return (h ? h + ' h ' : '') + (h || m ? m + ' min ' : '') + r + ' s';
   }
-  // engine = slurm: pvserver's own batch job. Its states as a user says them; a job
-  // the service no longer runs (stopped, failed) is not "running" any more, whatever
-  // Slurm last said of it.
-  const activeJob = ['PENDING', 'CONFIGURING', 'RUNNING', 'COMPLETING', 'SUSPENDED'];
-  function jobWords(job, live) {
+  // engine = slurm: pvserver's own batch job, its state as a user says it (the service
+  // reports the final state of a job it stopped: CANCELLED).
+  function jobWords(job) {
     const state = job.state || '';
     let words;
     if (!state) words = 'submitted';
-    else if (!live && !job.ending && activeJob.includes(state)) words = 'ended';
     else if (state === 'PENDING') {
       words = 'pending' + (job.reason && job.reason !== 'None' ? ': ' + job.reason : '');
     } else words = state.toLowerCase().replace(/_/g, ' ');
@@ -35,7 +32,7 @@
     $('job-rows').hidden = !job;
     if (!job) return;
     const none = '—';
-    $('job').textContent = jobWords(job, live);
+    $('job').textContent = jobWords(job);
     $('job-nodes').textContent = job.nodes && job.nodes !== '(null)' ? job.nodes : none;
     $('job-ranks').textContent = job.ranks || none;
     $('job-limit').textContent = job.time_limit || none;

@@ -16,7 +16,10 @@ other nodes, after a queue wait) gets this module's ``main`` as that local proce
 * asked to stop (SIGTERM, SIGINT, SIGHUP, or its parent's death), it cancels the job
   and waits until Slurm says it has ended, so that nothing of it keeps running;
 * when the job ends by itself it prints the final record and exits: 0 if the job
-  completed, :data:`EXIT_JOB_ENDED` otherwise (walltime, ``scancel``, a failure).
+  completed, :data:`EXIT_JOB_ENDED` otherwise (walltime, ``scancel``, a failure);
+* a job pending for a reason that means it never starts as asked (:data:`NEVER_STARTS`:
+  more CPUs than the partition has, an invalid account...) is cancelled, and that is a
+  refusal too.
 
 Nothing secret may be in the script, the options or the environment it is given:
 Slurm keeps a job's script and environment for its owner and its administrators.
@@ -70,6 +73,23 @@ ENDINGS = {
     "DEADLINE": "the job reached its deadline",
     "BOOT_FAIL": "a node of the job did not boot",
 }
+#: Reasons a pending job has that mean it will never start as asked (Slurm keeps such
+#: a job queued unless the site enforces partition limits at submission): the job is
+#: cancelled and its user told why, rather than left to wait for ever.
+NEVER_STARTS = {
+    "PartitionConfig": "the partition cannot give it that many ranks (CPUs or nodes)",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows",
+    "PartitionTimeLimit": "its time limit is over the partition's",
+    "BadConstraints": "no node has the features it asks for",
+    "InvalidAccount": "the account is not valid for this user",
+    "InvalidQOS": "the QOS is not valid for this user",
+    "QOSMaxCpuPerJobLimit": "it asks for more CPUs than its QOS allows a job",
+    "QOSMaxNodePerJobLimit": "it asks for more nodes than its QOS allows a job",
+    "QOSMaxWallDurationPerJobLimit": "its time limit is over its QOS's",
+    "AssocMaxCpuPerJobLimit": "it asks for more CPUs than the account allows a job",
+    "AssocMaxNodePerJobLimit": "it asks for more nodes than the account allows a job",
+    "AssocMaxWallDurationPerJobLimit": "its time limit is over the account's",
+}
 #: The record's keys that the follower passes on.
 FIELDS = {
     "JobId": "id",
@@ -102,6 +122,8 @@ class Job:
 
     id: str
     record: dict[str, str]
+    #: Why it can never start as asked (then it is cancelled), if so.
+    hopeless: str = ""
 
     def view(self) -> dict[str, str]:
         """The record's keys that matter to the job's user, under short names."""
@@ -202,6 +224,12 @@ def follow(job: Job, tail: OutputTail, stop: threading.Event, interval: float) -
                 tail.flush()
                 say(event="ended", ending=ENDINGS.get(job.state, job.state.lower()), **view)
                 return
+            never = NEVER_STARTS.get(view["reason"]) if job.state == "PENDING" else None
+            if never is not None:
+                job.hopeless = (
+                    f"Slurm will never start job {job.id} as asked: {never} ({view['reason']})"
+                )
+                return
             # Ask often while a start is near, then less: the controller is shared.
             next_ask = now + (interval if job.state != "RUNNING" else 3 * interval)
         tail.pump()
@@ -245,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     job = Job(job_id, {})
     tail = OutputTail(args.output)
     follow(job, tail, stop, args.interval)
+    if job.hopeless:
+        cancel(job, tail)
+        say(event="refused", message=job.hopeless)
+        return EXIT_REFUSED
     if stop.is_set():
         cancel(job, tail)
         return 0

@@ -21,6 +21,7 @@ import slurm
 from as_user import anyone_python, users_jupyter
 from conftest import ARTIFACTS, jupyter_with_site
 from processes import LocalUser, cmdline, ordinary_user, wait_gone
+from test_cli import run as run_cli
 from test_neighbour import attempt
 from test_paraview import NEIGHBOUR_ATTACK, PvKernel, post, status
 from test_paraview_mpi import CELL, hues
@@ -299,3 +300,105 @@ def test_no_secret_reaches_another_user_and_they_cannot_connect_or_stall(
         assert refused["total"] >= 8 and refused["latest"][0]["user"] == neighbour.name, refused
         post(server, "stop")
         assert slurm_cluster.state(job) == "CANCELLED"
+
+
+FAILING = """
+import json
+import hpc_proxies.paraview as pvh
+from hpc_proxies.paraview.errors import ParaViewError
+try:
+    pvh.connect(timeout=120{ranks})
+    print(json.dumps({{"error": None}}))
+except ParaViewError as err:
+    print(json.dumps({{"error": str(err), "type": type(err).__name__}}))
+"""
+
+
+def connect_error(server, ranks: int | None = None) -> str:
+    """What connect() says in the notebook (None if it connected)."""
+    code = FAILING.format(ranks="" if ranks is None else f", ranks={ranks}")
+    with PvKernel(server) as kernel:
+        out, err = kernel.run(code, timeout=200)
+    assert err is None, (err, out)
+    return json.loads(out.strip().splitlines()[-1])["error"]
+
+
+def nothing_of_it_runs(server, slurm_cluster) -> None:
+    """No job of the user's in the queue, no batchjob follower, no rank."""
+    assert slurm_cluster.run("squeue", "-h").stdout.strip() == ""
+    followers = [p for p in server.descendants() if "hpc_proxies.batchjob" in cmdline(p)]
+    assert not followers and not job_ranks()
+
+
+BAD_SCRIPT = """#!/bin/bash
+echo "module: ParaView/5.11-egl: no such module" >&2
+exit 3
+${pvserver}
+"""
+
+
+@pytest.mark.parametrize(
+    "case, more, ranks, said",
+    [
+        ("unknown partition", {"partition": '"nope"'}, None, "invalid partition specified: nope"),
+        ("over max_ranks", {}, 3, "3 ranks: this system allows 1 to 2"),
+        (
+            "more ranks than the nodes have",
+            {"max_ranks": "8"},
+            6,
+            "Slurm will never start job",
+        ),
+        ("a failing job script", {"job_script": "SCRIPT"}, None, "no such module"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_leaves_nothing_running(
+    slurm_cluster, tmp_path, case, more, ranks, said
+):
+    if more.get("job_script") == "SCRIPT":
+        script = tmp_path / "job.sh"
+        script.write_text(BAD_SCRIPT)
+        more = {**more, "job_script": f'"{script}"'}
+    env = {"SLURM_CONF": str(slurm_cluster.conf)}
+    with jupyter_with_site(tmp_path, site(slurm_cluster, tmp_path / "jobs", **more), env) as server:
+        server.wait_for_app("/paraview/api/status")
+        post(server, "stop")  # opening the tile would start a job: start from nothing
+        error = connect_error(server, ranks)
+        info = status(server)
+        assert error is not None and said in error, (case, error)
+        print(f"{case}: connect() raised: {error}")
+        # A count over max_ranks is refused before anything starts (a 400: nothing changes).
+        if case != "over max_ranks":  # Slurm refused or ended the job: the page says it
+            assert info["state"] == "failed", info
+            assert said in info["message"] + "\n".join(info["tail"]), info
+        until(lambda: not slurm_cluster.run("squeue", "-h").stdout.strip(), 30, "an empty queue")
+        nothing_of_it_runs(server, slurm_cluster)
+
+
+def test_check_explains_bad_slurm_keys(tmp_path):
+    """``hpc-proxies check``: the Slurm engine's keys, each wrong in its own way."""
+    template = tmp_path / "job.sh"
+    template.write_text("#!/bin/bash\nmodule load $module\nsrun pvserver\n")
+    bad = tmp_path / "site.toml"
+    bad.write_text(
+        "[apps.paraview]\n"
+        'engine = "slurm"\n'
+        'time = "an hour"\n'
+        'extra_args = "--output=/tmp/x --gres=gpu:1"\n'
+        f'job_script = "{template}"\n'
+    )
+    done = run_cli("check", str(bad))
+    assert done.returncode == 1, done.stdout
+    assert "apps.paraview.time: expected a string of the form MINUTES, HH:MM:SS" in done.stdout
+    assert "apps.paraview.extra_args: --output is set by hpc-proxies itself" in done.stdout
+    assert f"apps.paraview.job_script: {template} uses unknown placeholders $module" in done.stdout
+    template.write_text("#!/bin/bash\nmodule load ParaView\nsrun pvserver\n")
+    done = run_cli("check", str(bad))
+    assert f"{template} must contain ${{pvserver}}" in done.stdout, done.stdout
+    good = tmp_path / "good.toml"
+    template.write_text("#!/bin/bash\nmodule load ParaView\n${pvserver}\n")
+    good.write_text(
+        '[apps.paraview]\nengine = "slurm"\ntime = "2:00:00"\npartition = "vis"\n'
+        f'extra_args = "--gres=gpu:1 --qos=vis"\njob_script = "{template}"\n'
+    )
+    done = run_cli("check", str(good))
+    assert done.returncode == 0, done.stdout

@@ -291,8 +291,13 @@ class PvserverService:
         kind = event.pop("event", "")
         run.job.update({k: str(v) for k, v in event.items() if k not in ("message", "ending")})
         job = run.job.get("id", "?")
-        if kind == "refused":
-            run.ending = f"Slurm refused pvserver's job: {event.get('message', '')}"
+        if kind == "refused":  # sbatch's own error, or why the job would never start
+            message = event.get("message", "")
+            run.ending = (
+                message
+                if message.startswith("Slurm ")
+                else f"Slurm refused pvserver's job: {message}"
+            )
         elif kind == "submitted":
             self.message = f"Submitted pvserver's job {job} to Slurm."
         elif kind == "ended":
@@ -436,9 +441,18 @@ class PvserverService:
         if run.ending:  # a Slurm job: refused, or ended (walltime, scancel, a failure)
             ran = run.arrived and code != batchjob.EXIT_REFUSED
             self.state = "stopped" if ran else "failed"
-            self.message = run.ending + (
-                "; connect() starts a new one." if ran else "; its output is below."
-            )
+            if ran:
+                self.message = run.ending + "; connect() starts a new one."
+            else:
+                self.message = run.ending + "."
+                if code == batchjob.EXIT_REFUSED:
+                    self.message += (
+                        " Ask for fewer ranks, or ask your administrators to check the site "
+                        "configuration's [apps.paraview] partition, account, time and "
+                        "extra_args."
+                    )
+                if _last_lines(run):
+                    self.message += " Its output is below."
         elif not run.connected:
             self.state = "failed"
             if code == EXIT_NO_PARAVIEW:

@@ -55,7 +55,7 @@
     $('message').textContent = refusal || info.message;
     $('message').className = refusal ? 'bad' : 'muted';
     const choice = $('ranks-input');
-    $('ranks-choice').hidden = info.engine !== 'mpiexec';
+    $('ranks-choice').hidden = info.engine === 'local';
     choice.max = info.max_ranks;
     if (!edited) choice.value = info.ranks_next;
     $('ranks').textContent = info.ranks || '-';

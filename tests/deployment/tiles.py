@@ -11,20 +11,17 @@ view (rendered by pvserver) turning under a drag.
 
 from __future__ import annotations
 
-import io
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from browser import Box, differing, screenshot, stats, tile, wait_for, wait_for_xpra_xterm
-from PIL import Image
+import paraview_notebook
+from browser import Box, screenshot, stats, tile, wait_for, wait_for_xpra_xterm
 from playwright.sync_api import BrowserContext, Page
 from processes import find_process, launcher_runtime_dir, launchers
 from tb_events import write_experiments
-from test_paraview import sphere_visible
 from test_tensorboard_browser import Browser as TensorBoardBrowser
 from test_tensorboard_browser import evaluate
 from test_vnc_browser import (
@@ -164,83 +161,10 @@ def rstudio(lab: Lab, context: BrowserContext, page: Page) -> float:
 
 def copy_notebook(home: Path, give: Callable[[Path], None]) -> str:
     """examples/paraview.ipynb in the user's home; its name there."""
-    target = home / PARAVIEW_NOTEBOOK.name
-    shutil.copy(PARAVIEW_NOTEBOOK, target)
-    give(target)
-    return target.name
-
-
-VIEW_FRAME_JS = """() => {
-  for (const f of document.querySelectorAll('.jp-OutputArea-output iframe')) {
-    const r = f.getBoundingClientRect();
-    if (/paraview\\/view\\//.test(f.src) && r.width > 100 && r.height > 100)
-      return {src: f.getAttribute('src'), x: r.left, y: r.top, w: r.width, h: r.height};
-  }
-  return null;
-}"""
-PNG_OUTPUT_JS = """() => {
-  const img = document.querySelector('.jp-OutputArea-output img');
-  return !!(img && img.complete && img.naturalWidth > 100);
-}"""
+    return paraview_notebook.copy_notebook(home, give)
 
 
 def paraview(lab: Lab, context: BrowserContext, notebook: str) -> float:
-    """Open the example notebook in JupyterLab, run all its cells on the ParaView
-    kernel, and drag in the interactive view: the picture turns. Seconds from "Run All"
-    to pvserver's first picture (the PNG cell's output)."""
-    page = context.new_page()
-    page.goto(f"{lab.base}/lab/tree/{notebook}")
-    wait_for(
-        "the ParaView kernel to be idle",
-        lambda: "ParaView (pvpython) | Idle" in page.inner_text(".jp-StatusBar-Widget"),
-        lab,
-        page,
-        TIMEOUT,
-        interval=0.25,
-    )
-    page.click("li.lm-MenuBar-item:has-text('Run')")
-    started = time.monotonic()
-    page.click("li.lm-Menu-item:has-text('Run All Cells')")
-    wait_for("pvserver's picture", lambda: page.evaluate(PNG_OUTPUT_JS), lab, page, TIMEOUT)
-    seconds = time.monotonic() - started
-    frame = wait_for("the interactive view", lambda: page.evaluate(VIEW_FRAME_JS), lab, page, 60)
-    assert frame["src"].startswith(f"{lab.path}/paraview/view/"), frame
-    page.evaluate("() => document.querySelector('.jp-OutputArea-output iframe').scrollIntoView()")
-    frame = page.evaluate(VIEW_FRAME_JS)
-    view = Box.of(frame, inset=4)
-    inner = page.frame_locator(".jp-OutputArea-output iframe").first
-
-    def frames() -> int:
-        return inner.locator("body").evaluate("() => (window.paraviewFrames || []).length")
-
-    wait_for("the view's first frame", lambda: frames() >= 1, lab, page, 60)
-    page.wait_for_timeout(500)  # the frame's image is decoded and drawn
-    before = view.crop(screenshot(page, f"{lab.name}-paraview-before"))
-    ok, why = sphere_visible(png_bytes(before))
-    assert ok, why
-    count = frames()
-    cx, cy = view.x + view.w // 2, view.y + view.h // 2
-    page.mouse.move(cx, cy)
-    page.mouse.down()
-    for step in range(1, 16):
-        page.mouse.move(cx + step * 10, cy + step * 3)
-        page.wait_for_timeout(30)
-    page.mouse.up()
-    wait_for("a new frame after the drag", lambda: frames() > count, lab, page, 60)
-    page.wait_for_timeout(800)
-    after = view.crop(screenshot(page, f"{lab.name}-paraview-after"))
-    # The example's sphere is one colour, the same from every side: what shows the turn
-    # is the orientation axes in the view's lower left corner, which turn with it.
-    w, h = before.size
-    corner = (0, int(h * 0.7), int(w * 0.2), h)
-    changed = differing(before.crop(corner), after.crop(corner))
-    assert changed > 0.01, f"only {changed:.2%} of the orientation axes' pixels changed"
-    ok, why = sphere_visible(png_bytes(after))
-    assert ok, why
-    return seconds
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
+    """The example notebook run in JupyterLab and its view turned under a drag
+    (:func:`paraview_notebook.run_and_turn`); seconds from "Run All" to the picture."""
+    return paraview_notebook.run_and_turn(lab, context, notebook, TIMEOUT).seconds

@@ -14,6 +14,7 @@ import re
 import signal
 import stat
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,7 @@ def slurm_jupyter(slurm_cluster, tmp_path_factory):
     env = {"SLURM_CONF": str(slurm_cluster.conf)}
     with jupyter_with_site(base, toml, env) as server:
         server.extra["jobs"] = base / "jobs"
+        server.wait_for_app("/paraview/api/status")  # the tile's service (no job yet)
         yield server
     slurm_cluster.cancel_all()
 
@@ -105,9 +107,15 @@ def leftovers(jobs: Path) -> list[str]:
 def test_connect_waits_in_the_queue_and_says_so(slurm_jupyter, slurm_cluster):
     """While another job holds the node, the status says "pending" with Slurm's reason,
     and the cell shows it while connect() waits; once the node frees, connect() ends."""
+    post(slurm_jupyter, "stop")
     blocker = slurm_cluster.submit("sleep 600", time_minutes=10, extra=["--ntasks=2"])
     slurm_cluster.wait_state(blocker, "RUNNING", 30)
-    post(slurm_jupyter, "stop")
+    # A connect() that gives up says so, and what to do; the job stays in the queue.
+    waited = connect_error(slurm_jupyter, timeout=12)
+    assert waited is not None and "is pending: " in waited, waited
+    assert "connect() waited 12 s. The job stays queued: run connect() again" in waited
+    queued = status(slurm_jupyter)["job"]["id"]
+    assert slurm_cluster.state(queued) == "PENDING"
     outcome: dict = {}
     shown: list[str] = []
     with PvKernel(slurm_jupyter) as kernel:
@@ -129,7 +137,8 @@ def test_connect_waits_in_the_queue_and_says_so(slurm_jupyter, slurm_cluster):
     assert err is None, (err, out)
     assert pending["state"] == "starting" and pending["job"]["state"] == "PENDING", pending
     assert pending["job"]["reason"] in ("Resources", "Priority"), pending
-    assert f"pvserver's job {pending['job']['id']} is pending: " in out, out
+    assert pending["job"]["id"] == queued, "the next connect() waits for the same job"
+    assert f"pvserver's job {queued} is pending: " in out, out
     assert "partitions 2" in out, out
     post(slurm_jupyter, "stop")
 
@@ -143,6 +152,24 @@ def test_stop_cancels_the_job_and_leaves_nothing(slurm_jupyter, slurm_cluster):
     code, stopped = post(slurm_jupyter, "stop")
     assert code == 200 and stopped["state"] == "stopped", stopped
     assert slurm_cluster.run("squeue", "-h").stdout.strip() == ""
+    assert slurm_cluster.state(job) == "CANCELLED"
+    assert not wait_gone(ranks, 15)
+    until(lambda: not leftovers(slurm_jupyter.extra["jobs"]), 15, "nothing of the run left")
+
+
+def test_the_running_panels_stop_cancels_the_job(slurm_jupyter, slurm_cluster):
+    """Stop in JupyterLab's Running panel (its REST call) stops the tile's service, and
+    with it the job."""
+    job = start(slurm_jupyter)["job"]["id"]
+    ranks = job_ranks()
+    request = urllib.request.Request(
+        f"{slurm_jupyter.url}/hpc-proxies/api/instances/paraview/default/stop",
+        method="POST",
+        data=b"",
+        headers={"Authorization": f"token {slurm_jupyter.token}"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        assert answer.status == 200
     assert slurm_cluster.state(job) == "CANCELLED"
     assert not wait_gone(ranks, 15)
     until(lambda: not leftovers(slurm_jupyter.extra["jobs"]), 15, "nothing of the run left")
@@ -307,16 +334,16 @@ import json
 import hpc_proxies.paraview as pvh
 from hpc_proxies.paraview.errors import ParaViewError
 try:
-    pvh.connect(timeout=120{ranks})
+    pvh.connect(timeout={timeout}{ranks})
     print(json.dumps({{"error": None}}))
 except ParaViewError as err:
     print(json.dumps({{"error": str(err), "type": type(err).__name__}}))
 """
 
 
-def connect_error(server, ranks: int | None = None) -> str:
+def connect_error(server, ranks: int | None = None, timeout: float = 120) -> str | None:
     """What connect() says in the notebook (None if it connected)."""
-    code = FAILING.format(ranks="" if ranks is None else f", ranks={ranks}")
+    code = FAILING.format(ranks="" if ranks is None else f", ranks={ranks}", timeout=timeout)
     with PvKernel(server) as kernel:
         out, err = kernel.run(code, timeout=200)
     assert err is None, (err, out)

@@ -155,6 +155,9 @@ APP = AppSpec(
     command=command,
     timeout=30.0,
     max_instances=1,  # one pvserver service per user; kernels share it
+    # Not "/": opening the status page starts pvserver (a job, with engine = "slurm"),
+    # and the launcher's readiness check is not a user opening it.
+    ready_path="/api/status",
     html_paths=(),
     settings=(
         Setting(

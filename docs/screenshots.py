@@ -37,6 +37,8 @@ TESTS = [
     "test_tile_draws_the_charts_and_the_logdir_is_switched_from_the_browser",
     "tests/test_paraview.py::test_interactive_view_in_the_browser",
     "tests/test_paraview_mpi.py::test_two_ranks_each_render_their_partition",
+    "tests/test_paraview_slurm_page.py::"
+    "test_the_status_page_follows_pvservers_job_from_the_queue_to_stop",
     "tests/test_running_panel_browser.py::"
     "test_a_second_desktop_from_the_launcher_draws_its_own_xterm",
     "tests/test_running_panel_browser.py::"
@@ -63,6 +65,8 @@ PICTURES = {
     "paraview-status.png": Picture("paraview-status.png"),
     # pvserver on 2 MPI ranks: a sphere coloured by ProcessId, one colour per rank.
     "paraview-mpi-2-ranks.png": Picture("paraview-mpi-2-ranks.png", dither=True),
+    # pvserver as Slurm job of its own, running: the status page's "Slurm job" rows.
+    "paraview-slurm-running.png": Picture("paraview-slurm-running.png"),
     # JupyterLab's Running panel with two desktops, then one's log opened from it.
     "running-panel.png": Picture("running-panel-two.png"),
     "running-log.png": Picture("running-panel-log.png"),

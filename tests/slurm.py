@@ -39,6 +39,7 @@ import pytest
 from processes import LocalUser, wait_gone
 from waiting import until
 
+from hpc_proxies import batchjob
 from hpc_proxies.procs import send
 from hpc_proxies.slurmjob import parse_record
 
@@ -47,18 +48,8 @@ RESERVED_PORTS = range(18990, 19000)
 DAEMONS = ("munged", "slurmctld", "slurmd")
 NEEDED = ("sbatch", "squeue", "scontrol", "scancel", "sinfo", "slurmctld", "slurmd", "munged")
 SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
-# Job states after which a job never runs again.
-FINISHED = {
-    "BOOT_FAIL",
-    "CANCELLED",
-    "COMPLETED",
-    "DEADLINE",
-    "FAILED",
-    "NODE_FAIL",
-    "OUT_OF_MEMORY",
-    "PREEMPTED",
-    "TIMEOUT",
-}
+# Job states after which a job never runs again (the package's own list).
+FINISHED = set(batchjob.FINISHED)
 
 
 class SlurmFailure(AssertionError):

@@ -144,7 +144,7 @@ def test_a_site_that_turns_paraview_off_raises_disabled(fake_jupyter, problem):
     assert str(raised.value) == problem.text()
     assert problem.summary in str(raised.value)
     ((method, path, headers),) = fake.requests
-    assert (method, path) == ("POST", "/paraview/api/start")
+    assert (method, path) == ("POST", "/paraview/api/start?wait=5")  # a queued job: ask again
     assert headers["Accept"] == "application/json"
     assert headers["Authorization"] == f"token {TOKEN}"
 
@@ -191,7 +191,7 @@ def test_the_services_own_errors_keep_their_text_and_tail(fake_jupyter):
         ensure_pvserver(timeout=5, server=fake.server, action="restart")
     assert str(raised.value).startswith("pvserver exited (code 1)")
     assert raised.value.tail == ["boom"]
-    assert fake.requests[0][1] == "/paraview/api/restart"
+    assert fake.requests[0][1] == "/paraview/api/restart?wait=5"
 
 
 def test_a_launcher_answer_that_is_not_json_says_the_versions_differ(fake_jupyter):
@@ -365,3 +365,17 @@ def test_showing_a_view_again_and_again_leaves_one_server(tmp_path):
     assert seen["deleted"] == {"files": seen["moved"]["files"], "listening": 1}
     assert seen["close_all"] == {"files": [], "listening": 0}
     assert seen["disconnected"] == {"files": [], "listening": 0}
+
+
+def test_each_rank_of_a_job_renders_on_a_gpu_the_job_was_given():
+    """rendering = "egl" under engine = "slurm": a rank picks its EGL device among the
+    job's GPUs by its index on the node (round-robin); without GPUs, the site's own."""
+    from hpc_proxies.paraview.server import egl_device
+
+    job = {"CUDA_VISIBLE_DEVICES": "2,3"}
+    assert egl_device({**job, "OMPI_COMM_WORLD_LOCAL_RANK": "0"}, 0) == 2
+    assert egl_device({**job, "OMPI_COMM_WORLD_LOCAL_RANK": "1"}, 0) == 3
+    assert egl_device({**job, "SLURM_LOCALID": "2"}, 0) == 2
+    assert egl_device({"ROCR_VISIBLE_DEVICES": "1", "MPI_LOCALRANKID": "3"}, 0) == 1
+    assert egl_device({}, 5) == 5
+    assert egl_device({"CUDA_VISIBLE_DEVICES": ""}, 1) == 1

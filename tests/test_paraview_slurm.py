@@ -376,6 +376,12 @@ ${pvserver}
             "Slurm will never start job",
         ),
         ("a failing job script", {"job_script": "SCRIPT"}, None, "no such module"),
+        (
+            "a missing job script template",
+            {"job_script": '"/nonexistent/pvserver-job.sh"'},
+            None,
+            "/nonexistent/pvserver-job.sh cannot be read (No such file or directory)",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error_and_leaves_nothing_running(

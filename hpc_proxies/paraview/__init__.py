@@ -192,7 +192,8 @@ APP = AppSpec(
             "partition",
             str,
             "",
-            "engine = 'slurm': the partition pvserver's job is submitted to ('': Slurm's default).",
+            "For engine = 'slurm': the partition pvserver's job is submitted to ('': "
+            "Slurm's default).",
             example="vis",
             pattern=(r"[\w.,-]*", "a partition name"),
         ),
@@ -200,7 +201,7 @@ APP = AppSpec(
             "account",
             str,
             "",
-            "engine = 'slurm': the account (project) the job is charged to ('': the "
+            "For engine = 'slurm': the account (project) the job is charged to ('': the "
             "user's default).",
             example="proj42",
             pattern=(r"[\w.-]*", "an account name"),
@@ -209,7 +210,7 @@ APP = AppSpec(
             "time",
             str,
             "1:00:00",
-            "engine = 'slurm': the job's time limit (walltime); pvserver stops when it "
+            "For engine = 'slurm': the job's time limit (walltime); pvserver stops when it "
             "is reached, and the status page says so.",
             example="30",
             pattern=SLURM_TIME,
@@ -218,7 +219,7 @@ APP = AppSpec(
             "extra_args",
             str,
             "",
-            "engine = 'slurm': more sbatch options, as on a command line (not those "
+            "For engine = 'slurm': more sbatch options, as on a command line (not those "
             "hpc-proxies sets: --ntasks, --output, --export, --job-name, --chdir).",
             example="--gres=gpu:1 --qos=vis",
             check=_extra_args_problem,
@@ -227,7 +228,7 @@ APP = AppSpec(
             "job_script",
             str,
             "",
-            "engine = 'slurm': a job script template of the site's (a string.Template "
+            "For engine = 'slurm': a job script template of the site's (a string.Template "
             "that keeps ${pvserver}, e.g. to load modules first); '' for the built-in one.",
             example="/etc/hpc-proxies/pvserver-job.sh",
             check=_job_script_problem,
@@ -236,14 +237,14 @@ APP = AppSpec(
             "job_directory",
             str,
             "~/.hpc-proxies/paraview-jobs",
-            "engine = 'slurm': where each job's script, output and connect-id go, in a "
+            "For engine = 'slurm': where each job's script, output and connect-id go, in a "
             "0700 directory; every node must see it (a home or project filesystem).",
         ),
         Setting(
             "callback_address",
             str,
             "",
-            "engine = 'slurm': the address of the Jupyter server's node that pvserver's "
+            "For engine = 'slurm': the address of the Jupyter server's node that pvserver's "
             "job connects back to ('': the address the node's name resolves to); on a "
             "node with several networks, the one the compute nodes reach.",
             example="10.1.2.3",

@@ -30,6 +30,7 @@ Jupyter server's.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import sys
@@ -41,6 +42,23 @@ EXIT_NO_PORT = 4
 
 def say(*words: object) -> None:
     print(MARK, *words, flush=True)
+
+
+#: Where the job's GPUs are named (Slurm sets them for a job given GPUs), and where a
+#: rank finds its index among the ranks on its node (OpenMPI, MPICH, srun).
+GPU_LISTS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
+LOCAL_RANKS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID")
+
+
+def egl_device(env: dict, default: int) -> int:
+    """The EGL device this rank renders on: in a job given GPUs, the one its index on the
+    node picks among them (ranks on a node share them round-robin); else ``default``."""
+    for name in GPU_LISTS:
+        devices = [d for d in env.get(name, "").split(",") if d.strip().isdigit()]
+        if devices:
+            local = next((env[n] for n in LOCAL_RANKS if env.get(n, "").isdigit()), "0")
+            return int(devices[int(local) % len(devices)])
+    return default
 
 
 def free_port() -> int:
@@ -56,7 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pv-arg", action="append", default=[], help="one more pvserver option")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
     parser.add_argument("--reverse", default="", help="HOST:PORT to connect back to")
+    parser.add_argument(
+        "--egl-device",
+        type=int,
+        default=None,
+        help="render with EGL: this device, or the job's GPU",
+    )
     args = parser.parse_args(argv)
+    if args.egl_device is not None:
+        device = egl_device(dict(os.environ), args.egl_device)
+        args.pv_arg += ["--force-offscreen-rendering", f"--displays={device}"]
 
     try:
         from paraview.modules.vtkPVVTKExtensionsCore import vtkStringList

@@ -226,7 +226,8 @@ class PvserverService:
         # ParaView's connect-id is a positive 32-bit int; it lives only in this file.
         connect_id = secrets.randbelow(2**31 - 2) + 1
         connect_id_file = write_private_file(workdir / "connect-id", str(connect_id))
-        run = Run(workdir, connect_id_file, self.starter.engine, self.log, self.starter.stop_grace)
+        grace = self.starter.stop_grace
+        run = Run(workdir, connect_id_file, self.starter.engine, self.log, stop_grace=grace)
         self.latest = run
         try:
             if self.starter.connects_back:

@@ -107,7 +107,7 @@ class Run:
     ending: str = ""
     arrived: bool = False
     timed: bool = False  # the deadline for connecting back runs (from the job's start)
-    stop_grace: InitVar[float] = 5.0
+    stop_grace: InitVar[float] = 5.0  # give it by name: it comes after the fields
 
     def __post_init__(
         self, engine: LaunchEngine, log: Callable[[str], None], stop_grace: float
@@ -279,11 +279,8 @@ class SlurmPvserver:
         assert isinstance(rendezvous, Rendezvous) and rendezvous.port is not None
         argv = [options.python, str(SERVER_SCRIPT), "--connect-id-file", str(run.connect_id_file)]
         argv += ["--reverse", f"{rendezvous.host}:{rendezvous.port}"]
-        if options.rendering == "egl":
-            argv += [
-                "--pv-arg=--force-offscreen-rendering",
-                f"--pv-arg=--displays={options.egl_device}",
-            ]
+        if options.rendering == "egl":  # each rank on the GPU the job gave it, if any
+            argv += ["--egl-device", str(options.egl_device)]
         elif options.rendering == "xvfb":
             display = [sys.executable, "-m", "hpc_proxies.xdisplay", "--xvfb", options.xvfb]
             argv = [*display, "--", *argv]
@@ -317,7 +314,14 @@ class SlurmPvserver:
         return argv + shlex.split(options.extra_args)
 
     async def start(self, options: Options, run: Run) -> None:
-        template = read_job_template(options.job_script)
+        try:
+            template = read_job_template(options.job_script)
+        except OSError as err:
+            raise StartFailed(
+                f"The job script template {options.job_script} cannot be read "
+                f"({err.strerror or err}): fix the site configuration's [apps.paraview] "
+                "job_script, or remove it to use the built-in one."
+            ) from err
         script = string.Template(template).safe_substitute(
             pvserver=self.pvserver_lines(options, run), ranks=self.ranks, job_name=JOB_NAME
         )
@@ -352,11 +356,15 @@ def read_job_template(path: str) -> str:
 
 
 def job_template_problem(path: object) -> str | None:
-    """What is wrong with a job script template file, in words; None if it is usable."""
+    """What is wrong with a job script template file, in words; None if it is usable or
+    not there to read: the file belongs to the systems that use it (a file missing here
+    fails that start, with a page that names the key, not the whole configuration)."""
     if not isinstance(path, str) or not path:
         return None
     try:
         text = read_job_template(path)
+    except FileNotFoundError:
+        return None
     except OSError as err:
         return f"cannot read the job script template {path}: {err.strerror or err}"
     template = string.Template(text)

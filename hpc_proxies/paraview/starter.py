@@ -338,12 +338,18 @@ class SlurmPvserver:
             *self.sbatch_options(options, run),
         ]
         rendezvous = run.rendezvous
+        host = getattr(rendezvous, "host", "?")
         run.network = (
             "nowhere on the job's nodes: pvserver connects back to "
-            f"{getattr(rendezvous, 'host', '?')}:{getattr(rendezvous, 'port', '?')} on this "
-            "node (its connect-id, from the job's nodes only); clients reach it through "
-            "127.0.0.1, this user's processes only"
+            f"{host}:{getattr(rendezvous, 'port', '?')} on this node (its connect-id, from "
+            "the job's first node only); clients reach it through 127.0.0.1, this user's "
+            "processes only"
         )
+        if host.startswith("127."):  # fine for a job on this node, not for one elsewhere
+            run.network += (
+                f". {host} is a loopback address: a job on another node cannot connect "
+                "back to it; administrators set [apps.paraview] callback_address"
+            )
         try:
             run.spawn("slurm job", argv, batchjob.job_environment(os.environ))
         except OSError as err:

@@ -30,6 +30,7 @@ OUT = ROOT / "docs" / "_static" / "screenshots"
 
 # The smallest set of tests that take every picture below.
 TESTS = [
+    "tests/test_launcher_category.py::test_the_tiles_have_a_row_of_their_own[default]",
     "tests/test_rstudio_browser.py::test_tile_opens_rstudio_and_its_redirects_stay_behind_jupyter",
     "tests/test_xpra_browser.py::test_xpra_desktop_in_chromium",
     "tests/test_vnc_browser.py::test_the_xterm_appears_by_itself",
@@ -53,8 +54,8 @@ class Picture(NamedTuple):
 
 # docs/_static/screenshots/<name> and what it is made from.
 PICTURES = {
-    # The RStudio test's server is the only one with every tile: it has an rserver.
-    "launcher.png": Picture("rstudio-launcher.png"),
+    # Every tile (the rserver stand-in makes RStudio's) in the "HPC apps" row.
+    "launcher.png": Picture("launcher-category-hpc.png"),
     # Before anything is typed: the typed commands carry long pytest paths.
     "xpra.png": Picture("xpra-tab1.png"),
     "vnc.png": Picture("vnc-by-itself-untouched.png"),

@@ -39,6 +39,8 @@ def default_config_files() -> list[Path]:
     return [Path(sys.prefix) / "etc" / "hpc-proxies" / "config.toml", SYSTEM_CONFIG]
 
 
+#: The launcher's section for hpc-proxies' tiles, unless the site names another.
+LAUNCHER_CATEGORY = "HPC apps"
 #: Keys every app understands. App-specific keys are declared by each AppSpec.
 COMMON_SETTINGS: tuple[Setting, ...] = (
     Setting("enabled", bool, True, "Show the app's tile and allow it to start on this system."),
@@ -59,6 +61,14 @@ COMMON_SETTINGS: tuple[Setting, ...] = (
         example=120,
     ),
     Setting("title", str, None, "Launcher tile title. Default: the app's name.", example="Desktop"),
+    Setting(
+        "category",
+        str,
+        LAUNCHER_CATEGORY,
+        "The JupyterLab launcher's section the tile is in (each category is a row of its "
+        "own). Set it in [defaults] to rename hpc-proxies' section on a system.",
+        example="JURECA apps",
+    ),
     Setting(
         "max_instances",
         int,
@@ -445,7 +455,7 @@ def example_config() -> str:
             out.append(f"# {setting.name} = {toml_value(setting.example or default)}")
     out += ["", "# ---- Defaults for every app (an app's own key above wins over these)"]
     out.append("[defaults]")
-    for key in ("idle_timeout", "max_instances"):
+    for key in ("category", "idle_timeout", "max_instances"):
         setting = next(s for s in COMMON_SETTINGS if s.name == key)
         out.append(f"# {key} = {toml_value(setting.example)}")
     out += [""]

@@ -113,6 +113,41 @@ def tile(page: Page, title: str) -> Locator:
     return page.locator(f'.jp-LauncherCard[title^="{title}"]')
 
 
+#: Whether the browser has the picture that an icon box's background names (a new Image
+#: of the same URL comes from its cache once it has loaded).
+ICON_LOADED_JS = """([selector, app]) => {
+  const box = document.querySelector(selector);
+  const background = box ? getComputedStyle(box).backgroundImage : '';
+  if (!background.includes('/server-proxy/icon/' + app)) return false;
+  const url = background.slice(background.indexOf('(') + 1, -1).replace(/^"|"$/g, '');
+  const probe = new Image();
+  probe.src = url;
+  return probe.complete && probe.naturalWidth > 0;
+}"""
+
+
+def tile_icon(page: Page, title: str, app: str, name: str, timeout: float = 30) -> Image.Image:
+    """The app's tile's icon as the user sees it, cropped from a screenshot kept as
+    ``ARTIFACTS/<name>.png``. The tiles are in a launcher category of their own, where
+    JupyterLab draws no ``kernelIconUrl``: the labextension's style sheet puts
+    ``/server-proxy/icon/<app>`` on the icon box. Waits until that picture has loaded
+    and is painted (the box no longer blank)."""
+    selector = f'.jp-LauncherCard[title^="{title}"] .jp-LauncherCard-icon'
+    page.wait_for_function(ICON_LOADED_JS, arg=[selector, app], timeout=timeout * 1000)
+    box = page.locator(selector).first
+    box.scroll_into_view_if_needed()  # the launcher's last row may be below the fold
+    rect = box.bounding_box()
+    assert rect and rect["width"] >= 16 and rect["height"] >= 16, rect
+    found: list[Image.Image] = []
+
+    def painted() -> bool:
+        found[:] = [Box.of_bounding_box(rect).crop(screenshot(page, name))]
+        return stats(found[0]).white < 0.9
+
+    until(painted, timeout, f"the {app} tile's icon to be painted", interval=0.2)
+    return found[0]
+
+
 def screenshot_every_tab(context, prefix: str) -> None:
     """On a failing browser test: keep what each tab showed, as ARTIFACTS/<prefix>-N.png."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

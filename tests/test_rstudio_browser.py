@@ -10,7 +10,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
-from browser import Box, chromium, rgb, screenshot, tile
+from browser import chromium, rgb, screenshot, tile, tile_icon
 from conftest import jupyter_with_site
 from test_rstudio_integration import RSERVER
 
@@ -24,16 +24,7 @@ def test_tile_opens_rstudio_and_its_redirects_stay_behind_jupyter(tmp_path):
         lab.goto(f"{server.url}/lab?token={server.token}")
         card = tile(lab, "RStudio")
         card.wait_for(state="visible", timeout=90_000)
-        icon = card.locator(".jp-LauncherCard-icon img")
-        assert "/server-proxy/icon/rstudio" in (icon.get_attribute("src") or "")
-        lab.wait_for_function(
-            """() => [...document.querySelectorAll('.jp-LauncherCard-icon img')]
-                 .some(i => i.src.endsWith('/server-proxy/icon/rstudio') && i.complete
-                            && i.naturalWidth > 0)""",
-            timeout=30_000,
-        )
-        shot = screenshot(lab, "rstudio-launcher")
-        pixels = rgb(Box.of_bounding_box(icon.bounding_box()).crop(shot))
+        pixels = rgb(tile_icon(lab, "RStudio", "rstudio", "rstudio-launcher"))
         blue = sum(1 for r, g, b in pixels if b > r + 60 and b > 150)  # #4a8bc2
         assert blue > 0.2 * len(pixels), f"the blue R icon is not drawn: {blue}/{len(pixels)}"
 

@@ -31,7 +31,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
-from browser import Box, SharedChromium, chromium, log_in, log_tail, rgb, screenshot, tile, wait_for
+from browser import (
+    Box,
+    SharedChromium,
+    chromium,
+    log_in,
+    log_tail,
+    rgb,
+    screenshot,
+    tile,
+    tile_icon,
+    wait_for,
+)
 from conftest import ARTIFACTS
 from PIL import Image
 from playwright.sync_api import BrowserContext, Page
@@ -189,17 +200,7 @@ def test_tile_draws_the_charts_and_the_logdir_is_switched_from_the_browser(
             card.wait_for(state="visible", timeout=START_TIMEOUT * 1000)
         except PlaywrightTimeout:
             raise AssertionError(f"no {TITLE!r} tile{log_tail(jupyter)}") from None
-        icon = card.locator(".jp-LauncherCard-icon img")
-        assert "/server-proxy/icon/tensorboard" in (icon.get_attribute("src") or "")
-        b.lab.wait_for_function(
-            """() => [...document.querySelectorAll('.jp-LauncherCard-icon img')]
-                 .some(i => i.src.endsWith('/server-proxy/icon/tensorboard') && i.complete
-                            && i.naturalWidth > 0)""",
-            timeout=30_000,
-        )
-        rect = icon.bounding_box()
-        assert rect and rect["width"] >= 16, rect
-        pixels = rgb(Box.of_bounding_box(rect).crop(b.shot(b.lab, "launcher")))
+        pixels = rgb(tile_icon(b.lab, TITLE, "tensorboard", "tensorboard-launcher"))
         orange = sum(1 for r, g, bl in pixels if r > 200 and 90 < g < 170 and bl < 80)
         assert orange > 0.2 * len(pixels), f"the orange icon is not drawn: {orange}/{len(pixels)}"
 

@@ -59,6 +59,7 @@ from browser import (
     screenshot,
     stats,
     tile,
+    tile_icon,
     wait_for,
 )
 from conftest import ARTIFACTS, jupyter_with_site
@@ -615,22 +616,11 @@ def jupyter(shared_server):
 def test_tile_connects_without_a_password_prompt_and_keys_reach_the_xterm(jupyter, shared_chromium):
     with vnc_browser(jupyter, shared_chromium, "tile") as b:
         # The tile and its icon, in the DOM and on screen.
-        card = launcher_card(b)
-        icon = card.locator(".jp-LauncherCard-icon img")
-        assert "/server-proxy/icon/vnc" in (icon.get_attribute("src") or "")
-        b.until_js(
-            b.lab,
-            """() => [...document.querySelectorAll('.jp-LauncherCard-icon img')]
-                 .some(i => i.src.endsWith('/server-proxy/icon/vnc') && i.complete
-                            && i.naturalWidth > 0)""",
-            "the VNC tile's icon to load",
-        )
+        launcher_card(b)
+        pixels = rgb(tile_icon(b.lab, TITLE, "vnc", "vnc-launcher"))
         served = [r for r in b.responses if r[0].endswith("/server-proxy/icon/vnc")]
         assert served and served[-1][1] == 200, served
         assert "svg" in served[-1][2].get("content-type", ""), served
-        rect = icon.bounding_box()
-        assert rect and rect["width"] >= 16 and rect["height"] >= 16, rect
-        pixels = rgb(Box.of_bounding_box(rect).crop(b.shot(b.lab, "launcher")))
         green = sum(1 for r, g, bl in pixels if g > r + 40 and g > bl + 20)  # #1f6f43
         assert green > 0.2 * len(pixels), (
             f"the green monitor icon is not drawn: {green}/{len(pixels)}"

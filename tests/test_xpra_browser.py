@@ -33,9 +33,9 @@ from browser import (
     screenshot,
     stats,
     tile,
+    tile_icon,
     wait_for,
     wait_for_xpra_xterm,
-    wait_js,
 )
 from conftest import ARTIFACTS
 from PIL import Image
@@ -110,25 +110,11 @@ def run_scenario(jupyter, context, lab: Page, tag, requested, responses) -> None
 
     # 2. The tile and its icon, in the DOM and on screen.
     assert TITLE in card.inner_text()
-    icon = card.locator(".jp-LauncherCard-icon img")
-    assert "/server-proxy/icon/xpra" in (icon.get_attribute("src") or "")
-    wait_js(
-        lab,
-        """() => {
-          const img = document.querySelector(
-            '.jp-LauncherCard[title^="Xpra Desktop"] .jp-LauncherCard-icon img');
-          return img && img.complete && img.naturalWidth > 0 && img.naturalHeight > 0;
-        }""",
-        "the Xpra tile's icon to load",
-        jupyter,
-        timeout=30,
-    )
+    drawn_icon = tile_icon(lab, TITLE, "xpra", "xpra-launcher")
     icon_responses = [r for r in responses if r[0].endswith("/server-proxy/icon/xpra")]
     assert icon_responses and icon_responses[-1][1] == 200, icon_responses
     assert "svg" in icon_responses[-1][2].get("content-type", ""), icon_responses
-    icon_rect = icon.bounding_box()
-    assert icon_rect and icon_rect["width"] >= 16 and icon_rect["height"] >= 16, icon_rect
-    icon_stats = stats(Box.of_bounding_box(icon_rect).crop(screenshot(lab, "xpra-launcher")))
+    icon_stats = stats(drawn_icon)
     # The card is white; the drawn icon is a dark blue monitor.
     assert icon_stats.white < 0.9 and min(icon_stats.mean) < 230, (
         f"the icon is not visible on the launcher screenshot: {icon_stats}"

@@ -68,6 +68,7 @@ class ManagerHandler(APIHandler):
         return {
             "name": app,
             "title": manager.title(app),
+            "category": manager.category(app),
             "url": f"{manager.base_url}{app}/",
             "enabled": manager.enabled(app),
             "max_instances": manager.max_instances(app),

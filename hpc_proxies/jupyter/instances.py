@@ -132,6 +132,10 @@ class InstanceManager:
     def title(self, app: str) -> str:
         return str(self.site.for_app(app)["title"])
 
+    def category(self, app: str) -> str:
+        """The launcher's section of the app's tiles (``category``: "HPC apps")."""
+        return str(self.site.for_app(app)["category"])
+
     def max_instances(self, app: str) -> int:
         return int(self.site.for_app(app)["max_instances"])  # type: ignore[call-overload]
 

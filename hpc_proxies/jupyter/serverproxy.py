@@ -367,6 +367,7 @@ class AppServerProxy:
         """The dict for jupyter-server-proxy. Its callables are plain functions with the
         parameter names it passes by (it reads ``__code__``: no bound methods)."""
         title = str(self.settings["title"]) if self.settings is not None else self.app.title
+        category = str(self.settings["category"]) if self.settings is not None else None
 
         def command(unix_socket, base_url):
             return self.command(unix_socket, base_url)
@@ -385,6 +386,8 @@ class AppServerProxy:
                 "enabled": self.enabled,
                 "title": title,
                 "icon_path": icon_path(self.app.icon),
+                # A row of its own in JupyterLab's launcher, not "Notebook".
+                "category": category or config.LAUNCHER_CATEGORY,
             },
         }
         rewrites = []

@@ -11,6 +11,8 @@ export type State = 'running' | 'starting' | 'failed' | 'stopped' | 'stopping';
 export interface IApp {
   name: string;
   title: string;
+  /** The launcher's section of the app's tiles (the site's `category`). */
+  category: string;
   url: string;
   max_instances: number;
   idle_timeout: number | null;
@@ -153,8 +155,16 @@ export function log(app: string, instance: string, since: number): Promise<ILog>
 }
 
 /** jupyter-server-proxy's own list of servers, for the launcher icons. */
-export async function serverIcons(): Promise<Map<string, string>> {
-  const icons = new Map<string, string>();
+/** A jupyter-server-proxy launcher entry, as its servers-info lists it. */
+export interface ILauncherEntry {
+  title: string;
+  icon_url: string;
+  category: string;
+}
+
+/** Every server's launcher entry (title, icon URL, category), by server name. */
+export async function launcherEntries(): Promise<Map<string, ILauncherEntry>> {
+  const entries = new Map<string, ILauncherEntry>();
   try {
     const response = await ServerConnection.makeRequest(
       URLExt.join(settings.baseUrl, 'server-proxy/servers-info'),
@@ -164,13 +174,19 @@ export async function serverIcons(): Promise<Map<string, string>> {
     if (response.ok) {
       const data = await response.json();
       for (const server of data.server_processes ?? []) {
-        if (server.name && server.launcher_entry?.icon_url) {
-          icons.set(server.name, server.launcher_entry.icon_url);
+        const entry = server.launcher_entry;
+        if (server.name && entry?.icon_url) {
+          entries.set(server.name, {
+            title: String(entry.title ?? server.name),
+            icon_url: String(entry.icon_url),
+            category: String(entry.category ?? '')
+          });
         }
       }
     }
   } catch {
-    // No icons then: the launcher items get the default one.
+    // No entries then: the launcher items get no icon.
   }
-  return icons;
+  return entries;
 }
+

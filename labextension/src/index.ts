@@ -22,6 +22,7 @@ import { launchIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
 import * as api from './api';
+import { iconClass, installLauncherIcons } from './launchericons';
 import { createLogWidget, LogView } from './logview';
 import { AppsManager, IActions, instanceKey, instanceLabel } from './manager';
 
@@ -221,6 +222,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       label: args =>
         `New ${manager.apps.find(a => a.name === args.app)?.title ?? args.app} instance`,
       caption: args => `Start one more instance of ${args.app}, in a new tab`,
+      iconClass: args => (args.isLauncher ? iconClass(String(args.app)) : ''),
       describedBy: { args: instanceArgs },
       execute: async (args: any) => {
         const title = manager.apps.find(a => a.name === args.app)?.title ?? args.app;
@@ -248,24 +250,29 @@ const plugin: JupyterFrontEndPlugin<void> = {
     if (launcher) {
       let added = '';
       const disposables: { dispose(): void }[] = [];
-      const iconsPromise = api.serverIcons();
+      const entriesPromise = api.launcherEntries();
       const addLauncherItems = async () => {
         const apps = manager.apps.filter(a => a.enabled && a.max_instances > 1);
-        const key = JSON.stringify(apps.map(a => [a.name, a.title]));
+        const key = JSON.stringify(apps.map(a => [a.name, a.title, a.category]));
         if (key === added) {
           return;
         }
         added = key;
-        const icons = await iconsPromise;
+        const entries = await entriesPromise;
+        installLauncherIcons(
+          entries,
+          manager.apps.map(a => a.name)
+        );
         disposables.splice(0).forEach(d => d.dispose());
         apps.forEach((a, rank) => {
           disposables.push(
             launcher.add({
               command: CommandIDs.newInstance,
               args: { app: a.name, isLauncher: true },
-              category: 'Notebook',
+              // Beside the app's own tile, in hpc-proxies' row of the launcher.
+              category: a.category || 'HPC apps',
               rank: 100 + rank,
-              kernelIconUrl: icons.get(a.name),
+              kernelIconUrl: entries.get(a.name)?.icon_url,
               metadata: { 'hpc-proxies': a.name }
             })
           );

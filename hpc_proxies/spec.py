@@ -117,6 +117,10 @@ class Launch:
     def xauthority(self) -> Path:
         return self.app_dir / "Xauthority"
 
+    def more_secret(self, name: str) -> Path:
+        """The 0600 file of one of the app's ``more_secrets`` (made before ``prepare``)."""
+        return self.app_dir / name
+
     @property
     def executable(self) -> str:
         """The app's main program, resolved (the site may have put another in its place)."""
@@ -156,6 +160,10 @@ def _no_environment(launch: Launch) -> dict[str, str]:
     return {}
 
 
+def _no_more_secrets(settings: Mapping[str, object]) -> tuple[str, ...]:
+    return ()
+
+
 @dataclass(frozen=True)
 class AppSpec:
     """What to run, what it needs, and how the browser reaches it.
@@ -165,7 +173,10 @@ class AppSpec:
     ``requires`` may depend on the app's settings (a callable), the first entry being
     the app's main program. ``page_script``, if set, returns a ``<script>`` that the
     Jupyter server puts into the app's HTML entry page (``html_paths``), so the browser
-    receives the secret without it ever being in a URL. ``settings`` declares the
+    receives the secret without it ever being in a URL: it gets the launch secret and
+    ``{name: value}`` of the app's ``more_secrets``, the names of further per-launch
+    secrets its settings call for (each a new 0600 file ``launch.more_secret(name)``,
+    from :mod:`secrets`, e.g. Xpra's AES key). ``settings`` declares the
     app's own site-configuration keys. ``x_display`` apps run an X server: each start
     gets a private X authority file with a fresh cookie (``launch.xauthority``, in
     ``XAUTHORITY``; an entry for any display number, so it can be written before the
@@ -194,7 +205,8 @@ class AppSpec:
     secret: bool = False
     secret_bytes: int = 24
     x_display: bool = False
-    page_script: Callable[[str], str] | None = None
+    page_script: Callable[[str, Mapping[str, str]], str] | None = None
+    more_secrets: Callable[[Mapping[str, object]], tuple[str, ...]] = _no_more_secrets
     html_paths: tuple[str, ...] = ("/", "/index.html")
     ready_path: str = "/"
     timeout: float = 30.0

@@ -214,7 +214,7 @@ def test_the_vnc_password_cannot_end_its_script():
             self.starts.append(tag)
 
     parsed = Scripts()
-    parsed.feed(page_script("pw</script><b>x</b><!--<script>"))
+    parsed.feed(page_script("pw</script><b>x</b><!--<script>", {}))
     assert parsed.starts == ["script"]
 
 

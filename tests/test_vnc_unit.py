@@ -183,7 +183,7 @@ def test_page_script_holds_the_password_as_a_script_value():
     chromium: test_vnc_browser.py's tests connect with no dialog left open and nothing
     typed; test_pages.py checks that no password can end the script early.)"""
     password = "p4ss'</script>\"\\é"
-    script = page_script(password)
+    script = page_script(password, {})
     assert script.startswith("<script>") and script.endswith("</script>")
     literal = re.search(r'const pw=("(?:[^"\\]|\\.)*");', script)
     assert literal, script[:200]

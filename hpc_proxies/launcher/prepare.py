@@ -48,6 +48,8 @@ def prepare_start(
         params=params,
         flags=flags,
     )
+    for name in app.more_secrets(settings):
+        write_secret(app_dir, name)
     if app.x_display:
         write_xauthority(launch.xauthority)
     if app.prepare is not None:

@@ -1,9 +1,20 @@
-// Hands the launch password to Xpra's HTML5 client, which reads `password` and
-// `sharing` from sessionStorage (and then drops the password), so the password never
-// goes through a URL. The body of a function: xpra.page_script wraps it with `const pw`.
+// Hands the launch's secrets to Xpra's HTML5 client, which reads `password`, `sharing`
+// and, with encryption on, `encryption` and `key` from sessionStorage, so no secret goes
+// through a URL. The body of a function: xpra.page_script wraps it with `const pw`, an
+// object of those values. The client drops the password itself; the key is dropped here
+// once the page has loaded (the client has read it by then), so it does not outlive
+// the page in this tab's storage.
 try {
-  sessionStorage.setItem('password', pw);
+  for (const [name, value] of Object.entries(pw)) {
+    sessionStorage.setItem(name, value);
+  }
   sessionStorage.setItem('sharing', 'true');
+  if ('key' in pw) {
+    window.addEventListener('load', () => {
+      sessionStorage.removeItem('key');
+      sessionStorage.removeItem('encryption');
+    });
+  }
 } catch (e) {
   // Storage is blocked (a privacy setting): the client asks for the password instead.
   console.warn('hpc-proxies: no sessionStorage for the Xpra password', e);

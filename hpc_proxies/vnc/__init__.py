@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -186,9 +187,10 @@ def prepare(launch: Launch) -> None:
     write_private_file(launch.app_dir / "passwd", obfuscated)
 
 
-def page_script(password: str) -> str:
+def page_script(password: str, more: Mapping[str, str]) -> str:
     """Answer noVNC's credentials dialog with the launch password whenever it opens
-    (first connection and every reconnection), so it never goes through a URL."""
+    (first connection and every reconnection), so it never goes through a URL. (VNC
+    takes no ``more`` secrets.)"""
     return render_template(
         "page_secret.html", password=password, js=static_text("vnc-credentials.js")
     )

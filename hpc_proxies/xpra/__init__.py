@@ -5,6 +5,15 @@ Xpra serves its HTML5 client and the session's websocket on the launch's unix so
 file (``--auth=file``); the Jupyter server hands it to the client's page through
 ``sessionStorage``, so it is never in a URL, in history or in any argv.
 
+With ``encryption = "AES"`` in the site configuration, each start also gets a new AES
+key in a 0600 file, handed to the client the same way: Xpra then encrypts the session's
+stream (AES-CBC, a key stretched by PBKDF2 with a salt per connection) from its socket
+to the browser, so that a hop without TLS (a hub's proxy to a compute node) carries no
+readable keystroke or picture. Xpra 3.1 applies ``--tcp-encryption`` to websocket
+connections on any socket, its unix one included (``--encryption`` is for the client
+side only); ``XPRA_ENCRYPTED_SOCKET_TYPES`` makes it refuse a plain connection of the
+unix socket's own protocol too.
+
 Xpra itself runs with a stand-in home (``runtime.stand_in_home``): Xpra 3.1 writes its
 fake-Xinerama files (``~/.fakexinerama``, ``~/.:N-fakexinerama``; even with
 ``--fake-xinerama=no``, whose "no" it tests as a true string) and a template
@@ -36,6 +45,13 @@ DEFAULT_SESSION = "xterm"
 #: The X server's screen. Xvfb's is fixed when it starts and its memory grows with it:
 #: Xpra's own default, 5760x2560, costs an idle desktop about 73 MiB in Xvfb alone.
 DEFAULT_SCREEN = "1920x1200"
+#: Xpra 3.1's one cipher (the HTML5 client's value for `encryption`).
+ENCRYPTION = "AES"
+#: The AES key's file in the launch's private directory (one of ``more_secrets``).
+KEY_FILE = "aes-key"
+#: The socket types on which Xpra then requires encryption: websockets (the browser's),
+#: TCP (none here), and its own protocol on the unix socket.
+ENCRYPTED_SOCKET_TYPES = "tcp,ws,unix-domain"
 #: Xpra's own X server command when its config names none (Xpra 3.1's default).
 DEFAULT_XVFB = (
     "Xvfb +extension GLX +extension Composite -screen 0 {screen}x24+32 -dpi 96 "
@@ -193,6 +209,23 @@ def session_environment(env: Mapping[str, str]) -> list[str]:
     return options
 
 
+def encrypted(settings: Mapping[str, object]) -> bool:
+    return settings.get("encryption") == ENCRYPTION
+
+
+def more_secrets(settings: Mapping[str, object]) -> tuple[str, ...]:
+    """A new AES key per start, when the site turns encryption on."""
+    return (KEY_FILE,) if encrypted(settings) else ()
+
+
+def encryption_options(launch: Launch) -> list[str]:
+    """The server's side of the stream's encryption: the key's file, never the key."""
+    if not encrypted(launch.settings):
+        return []
+    key = launch.more_secret(KEY_FILE)
+    return [f"--tcp-encryption={ENCRYPTION}", f"--tcp-encryption-keyfile={key}"]
+
+
 def command(launch: Launch) -> list[str]:
     mode = "start-desktop" if launch.settings.get("mode") == "desktop" else "start"
     session = str(launch.settings.get("session", DEFAULT_SESSION))
@@ -205,6 +238,7 @@ def command(launch: Launch) -> list[str]:
         f"--socket-dirs={launch.app_dir}",
         f"--log-dir={launch.app_dir}",
         f"--auth=file,filename={launch.secret_file}",
+        *encryption_options(launch),
         html_option(launch),
         f"--start={session}",
         "--exit-with-children=no",
@@ -267,14 +301,25 @@ def environment(launch: Launch) -> dict[str, str]:
         # visuals, which Xpra never uses: Xpra 144 -> 116 MiB; with GLX on, the X
         # server still maps libLLVM, unshared then, so the desktop saves 10 MiB.
         "GDK_GL": "disable",
+        # With encryption on, no plain connection on any socket type (Xpra's default
+        # leaves its own protocol on the unix socket plain).
+        **(
+            {"XPRA_ENCRYPTED_SOCKET_TYPES": ENCRYPTED_SOCKET_TYPES}
+            if encrypted(launch.settings)
+            else {}
+        ),
     }
 
 
-def page_script(password: str) -> str:
-    """The HTML5 client reads ``password`` and ``sharing`` from sessionStorage (then drops
-    the password), so the secret reaches it without a ``?password=`` URL."""
+def page_script(password: str, more: Mapping[str, str]) -> str:
+    """The HTML5 client reads ``password``, ``sharing`` and, with encryption on,
+    ``encryption`` and ``key`` from sessionStorage, so no secret goes through a URL; the
+    password it drops itself, the key our script drops once the client has read it."""
+    secrets = {"password": password}
+    if KEY_FILE in more:
+        secrets |= {"encryption": ENCRYPTION, "key": more[KEY_FILE]}
     return render_template(
-        "page_secret.html", password=password, js=static_text("xpra-credentials.js")
+        "page_secret.html", password=secrets, js=static_text("xpra-credentials.js")
     )
 
 
@@ -303,6 +348,7 @@ APP = AppSpec(
     secret=True,
     x_display=True,
     page_script=page_script,
+    more_secrets=more_secrets,
     answer_unchanged=True,
     timeout=60.0,
     version_args=("--version",),
@@ -335,5 +381,17 @@ APP = AppSpec(
             pattern=SCREEN_SIZE,
         ),
         glx_setting("an Xpra desktop", with_glx=72, without=20),
+        Setting(
+            "encryption",
+            str,
+            "",
+            "'AES' encrypts the desktop's stream from Xpra to the browser with a new key "
+            "per start (handed to the page like the password, never in a URL); '' leaves "
+            "it to the connection. Turn it on where a hop between the browser and the "
+            "Jupyter server is plain HTTP: a JupyterHub whose proxy reaches servers on "
+            "compute nodes without internal TLS.",
+            choices=("", ENCRYPTION),
+            example=ENCRYPTION,
+        ),
     ),
 )

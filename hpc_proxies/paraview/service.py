@@ -237,7 +237,7 @@ class PvserverService:
             self.state = "failed"
             self.message = str(err) if isinstance(err, StartFailed) else f"pvserver: {err}"
             self.log(self.message)
-            if isinstance(run.rendezvous, Rendezvous):
+            if run.rendezvous is not None:
                 await run.rendezvous.close()
             remove_tree(workdir)
             return
@@ -359,7 +359,7 @@ class PvserverService:
     async def _listening(self, run: Run, port: int) -> None:
         """pvserver listens: clients reach it on ``port``, or through a loopback relay
         (to its namespace, or to its rendezvous when it connected back)."""
-        if isinstance(run.rendezvous, Rendezvous):
+        if run.rendezvous is not None:
             rendezvous = run.rendezvous
             run.relay = await netns.LoopbackRelay(
                 None,
@@ -428,7 +428,7 @@ class PvserverService:
         """The one clean-up of a run, however it ended: its relay, X server and files go."""
         if run.relay is not None:
             await run.relay.close()
-        if isinstance(run.rendezvous, Rendezvous):
+        if run.rendezvous is not None:
             await run.rendezvous.close()
         if run.xserver is not None:
             await asyncio.to_thread(run.xserver.stop)
@@ -546,7 +546,7 @@ def _job_status(run: Run | None, live: bool) -> dict[str, Any] | None:
 
 def _callback(run: Run | None) -> str | None:
     rendezvous = run.rendezvous if run is not None else None
-    if not isinstance(rendezvous, Rendezvous) or rendezvous.port is None:
+    if rendezvous is None or rendezvous.port is None:
         return None
     return f"{rendezvous.host}:{rendezvous.port}"
 

@@ -27,6 +27,7 @@ from ..launcher.engines import LaunchEngine, LocalEngine
 from ..launcher.processes import ManagedProcess, ProcessGroup
 from ..runtime import write_private_file
 from . import HANDSHAKE_TIMEOUT
+from .rendezvous import Rendezvous
 
 SERVER_SCRIPT = Path(__file__).with_name("server.py")
 #: The built-in job script (a string.Template); a site may give its own (``job_script``).
@@ -102,7 +103,7 @@ class Run:
     relay: netns.LoopbackRelay | None = None
     #: engine = slurm: where pvserver connects back to, and its job as Slurm describes
     #: it (id, state, reason, start, nodes, end...); ``ending`` says why it ended.
-    rendezvous: object | None = None
+    rendezvous: Rendezvous | None = None
     job: dict[str, str] = field(default_factory=dict)
     ending: str = ""
     arrived: bool = False
@@ -273,10 +274,8 @@ class SlurmPvserver:
 
     def rank_argv(self, options: Options, run: Run) -> list[str]:
         """One rank's argv: server.py, connecting back, each rank with its own display."""
-        from .rendezvous import Rendezvous
-
         rendezvous = run.rendezvous
-        assert isinstance(rendezvous, Rendezvous) and rendezvous.port is not None
+        assert rendezvous is not None and rendezvous.port is not None, "opened before start"
         argv = [options.python, str(SERVER_SCRIPT), "--connect-id-file", str(run.connect_id_file)]
         argv += ["--reverse", f"{rendezvous.host}:{rendezvous.port}"]
         if options.rendering == "egl":  # each rank on the GPU the job gave it, if any
@@ -338,10 +337,11 @@ class SlurmPvserver:
             *self.sbatch_options(options, run),
         ]
         rendezvous = run.rendezvous
-        host = getattr(rendezvous, "host", "?")
+        assert rendezvous is not None, "the service opens it before start"
+        host = rendezvous.host
         run.network = (
             "nowhere on the job's nodes: pvserver connects back to "
-            f"{host}:{getattr(rendezvous, 'port', '?')} on this node (its connect-id, from "
+            f"{host}:{rendezvous.port} on this node (its connect-id, from "
             "the job's first node only); clients reach it through 127.0.0.1, this user's "
             "processes only"
         )

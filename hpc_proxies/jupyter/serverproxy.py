@@ -303,7 +303,7 @@ class AppServerProxy:
             return
         encoding = response.headers.get("Content-Encoding", "").strip().lower()
         secret = read_secret(self.layout.secret_file)
-        more = self.app.more_secrets(self.settings if self.settings is not None else {})
+        more = self.app.more_secrets(self.settings.values if self.settings is not None else {})
         found = {name: self.layout.app_dir / name for name in more}
         values = {name: read_secret(path) for name, path in found.items() if path.exists()}
         body = inject_into_head(response.body, encoding, page_script(secret, values))

@@ -2,8 +2,10 @@
 // and, with encryption on, `encryption` and `key` from sessionStorage, so no secret goes
 // through a URL. The body of a function: xpra.page_script wraps it with `const pw`, an
 // object of those values. The client drops the password itself; the key is dropped here
-// once the page has loaded (the client has read it by then), so it does not outlive
-// the page in this tab's storage.
+// once the client has read it, so it does not outlive the page in this tab's storage.
+// The client reads it in its page's jQuery ready handler, which may run after the
+// window's load event: so the key goes in a ready handler added at load, which jQuery
+// runs after the page's own.
 try {
   for (const [name, value] of Object.entries(pw)) {
     sessionStorage.setItem(name, value);
@@ -11,8 +13,10 @@ try {
   sessionStorage.setItem('sharing', 'true');
   if ('key' in pw) {
     window.addEventListener('load', () => {
-      sessionStorage.removeItem('key');
-      sessionStorage.removeItem('encryption');
+      window.jQuery(() => {
+        sessionStorage.removeItem('key');
+        sessionStorage.removeItem('encryption');
+      });
     });
   }
 } catch (e) {

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .procs import signal_on_parent_death
-from .slurmjob import parse_record
+from .slurmjob import SCONTROL_ENV, find_record
 
 MARK = "HPC-PROXIES-JOB"
 EXIT_REFUSED = 6
@@ -148,8 +148,7 @@ def slurm(argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess
             timeout=timeout,
             check=False,
             stdin=subprocess.DEVNULL,
-            # Times as ISO 8601 in UTC, as hpc_proxies.slurmjob.parse_time reads them.
-            env={**os.environ, "SLURM_TIME_FORMAT": "standard", "TZ": "UTC0"},
+            env={**os.environ, **SCONTROL_ENV},
         )
     except (OSError, subprocess.TimeoutExpired) as err:
         return subprocess.CompletedProcess(argv, 127, "", f"{argv[0]}: {err}")
@@ -158,13 +157,7 @@ def slurm(argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess
 def describe(job_id: str) -> dict[str, str] | None:
     """The job's record from ``scontrol show job -o``; None once Slurm has forgotten it."""
     done = slurm(["scontrol", "show", "job", "-o", job_id])
-    if done.returncode != 0:
-        return None
-    for line in done.stdout.splitlines():
-        record = parse_record(line)
-        if record.get("JobId") == job_id:
-            return record
-    return None
+    return find_record(done.stdout, job_id) if done.returncode == 0 else None
 
 
 class OutputTail:

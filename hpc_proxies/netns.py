@@ -211,7 +211,7 @@ def connect_inside(connector: Path, port: int) -> socket.socket:
         raise ConnectionRefusedError(message.decode(errors="replace").strip() or "no answer")
     inner = socket.socket(fileno=fds[0])
     inner.setblocking(True)  # the keeper's side had a timeout, so O_NONBLOCK came along
-    _no_delay(inner)
+    no_delay(inner)
     return inner
 
 
@@ -322,7 +322,7 @@ class LoopbackRelay:
         if self.listener is not None:
             self.listener.close()
         for sock in list(self.open):
-            _shut(sock)
+            shut(sock)
 
     async def _accept(self) -> None:
         assert self.listener is not None
@@ -331,13 +331,13 @@ class LoopbackRelay:
             client, _ = await loop.sock_accept(self.listener)
             uid = loopback_peer_uid(client)
             if uid != self.allowed_uid:
-                _shut(client)
+                shut(client)
                 client.close()
                 if self.on_refusal is not None:
                     self.on_refusal(Refusal(time.time(), uid))
                 continue
             client.setblocking(True)
-            _no_delay(client)
+            no_delay(client)
             try:
                 inner = await asyncio.to_thread(self._inner, client)
             except OSError as err:
@@ -391,20 +391,20 @@ def _splice(source: socket.socket, sink: socket.socket) -> None:
                 moved -= os.splice(pipe_out, sink.fileno(), moved)
         sink.shutdown(socket.SHUT_WR)
     except OSError:
-        _shut(source)
-        _shut(sink)
+        shut(source)
+        shut(sink)
     finally:
         os.close(pipe_out)
         os.close(pipe_in)
 
 
-def _no_delay(sock: socket.socket) -> None:
+def no_delay(sock: socket.socket) -> None:
     """A relay must not hold back a small write for the next one (Nagle): a request
     and its reply would each wait for a delayed ACK, 40 ms a round trip."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _shut(sock: socket.socket) -> None:
+def shut(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
 

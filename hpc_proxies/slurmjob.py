@@ -100,22 +100,33 @@ def parse_record(line: str) -> dict[str, str]:
     return record
 
 
+#: What ``scontrol`` is run with, so that its times read as :func:`parse_time` takes them.
+SCONTROL_ENV = {"TZ": "UTC0", "SLURM_TIME_FORMAT": "standard"}
+
+
+def find_record(output: str, job_id: str) -> dict[str, str] | None:
+    """``job_id``'s record in ``scontrol show job -o`` output, or None."""
+    for line in output.splitlines():
+        record = parse_record(line)
+        if record.get("JobId") == job_id:
+            return record
+    return None
+
+
 def end_from_show_job(
     output: str, job_id: str, tz: tzinfo = timezone.utc
 ) -> tuple[JobTime | None, str]:
     """The end of ``job_id`` from ``scontrol show job -o`` output; else None and why."""
-    for line in output.splitlines():
-        record = parse_record(line)
-        if record.get("JobId") != job_id:
-            continue
-        if record.get("TimeLimit", "").strip().lower() in NO_TIME:
-            return None, f"job {job_id} has no time limit"
-        end = parse_time(record.get("EndTime", ""), tz)
-        if end is None:
-            state = record.get("JobState", "?")
-            return None, f"Slurm does not know when job {job_id} ends ({state})"
-        return JobTime(job_id, end), ""
-    return None, f"Slurm said nothing about job {job_id}"
+    record = find_record(output, job_id)
+    if record is None:
+        return None, f"Slurm said nothing about job {job_id}"
+    if record.get("TimeLimit", "").strip().lower() in NO_TIME:
+        return None, f"job {job_id} has no time limit"
+    end = parse_time(record.get("EndTime", ""), tz)
+    if end is None:
+        state = record.get("JobState", "?")
+        return None, f"Slurm does not know when job {job_id} ends ({state})"
+    return JobTime(job_id, end), ""
 
 
 async def ask_slurm(
@@ -123,8 +134,7 @@ async def ask_slurm(
 ) -> tuple[JobTime | None, str]:
     """When job ``job_id`` ends, asked of Slurm now (run with ``env``, this process's
     environment if None); or None and the reason (empty when there is an end)."""
-    run_env = {**(os.environ if env is None else env), "TZ": "UTC0"}
-    run_env["SLURM_TIME_FORMAT"] = "standard"
+    run_env = {**(os.environ if env is None else env), **SCONTROL_ENV}
     argv = ["scontrol", "show", "job", "-o", job_id]
     try:
         proc = await asyncio.create_subprocess_exec(

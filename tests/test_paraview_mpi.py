@@ -159,6 +159,8 @@ def test_one_process_systems_refuse_more_ranks_clearly(tmp_path):
         assert body["ranks"] in (0, 1) and len(ranks_of(server)) <= 1, body
         code, body = post(server, "start?ranks=two")
         assert code == 400 and "not a number" in body["error"], body
+        code, body = post(server, "start?wait=soon")
+        assert code == 400 and "not a number of seconds" in body["error"], body
 
 
 @pytest.mark.browser

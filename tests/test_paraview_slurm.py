@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import signal
 import stat
+import tempfile
 import threading
 import urllib.request
 from pathlib import Path
@@ -280,7 +282,12 @@ def test_no_secret_reaches_another_user_and_they_cannot_connect_or_stall(
         )
         # Slurm refuses (scontrol 22.05 still exits 0).
         assert theirs.stdout == "" and "retrieval failed" in theirs.stderr, theirs
-        # The job's files; and every file the neighbour can read where they could be.
+        # The job's files; and every file the neighbour can read where they could be. A
+        # control: a copy the neighbour may read, which the search must find.
+        control = Path(tempfile.mkdtemp(prefix="hpcp-control-"))
+        control.chmod(0o755)
+        (control / "readable").write_text(f"connect-id {connect_id}\n")
+        (control / "readable").chmod(0o644)
         found = attempt(
             neighbour,
             secrets=secrets,
@@ -291,7 +298,8 @@ def test_no_secret_reaches_another_user_and_they_cannot_connect_or_stall(
         )
         assert set(found["dirs"].values()) == {"PermissionError"}, found
         assert set(found["files"].values()) == {"PermissionError"}, found
-        assert found["search"] == [], found
+        shutil.rmtree(control)
+        assert found["search"] == [str(control / "readable")], found["search"]
         assert set(found["tcp"].values()) == {"closed"}, found
 
         # Idle connections of the neighbour's on both ports while the owner connects.

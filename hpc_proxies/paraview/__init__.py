@@ -127,7 +127,8 @@ def requires(settings: Mapping[str, object]) -> tuple[Requirement, ...]:
     ]
     if str(settings.get("rendering") or "xvfb") == "xvfb":
         reqs.append(Requirement("Xvfb", "on Debian/Ubuntu: apt install xvfb"))
-    if str(settings.get("engine") or "local") == "slurm":
+    engine = str(settings.get("engine") or "local")
+    if engine == "slurm":
         reqs.append(
             Requirement(
                 "sbatch",
@@ -135,7 +136,7 @@ def requires(settings: Mapping[str, object]) -> tuple[Requirement, ...]:
                 "(Debian/Ubuntu: apt install slurm-client), or `setup` that puts them on PATH",
             )
         )
-    if str(settings.get("engine") or "local") == "mpiexec":
+    if engine == "mpiexec":
         reqs.append(
             Requirement(
                 "mpiexec",

@@ -153,7 +153,7 @@ class Rendezvous:
 
     def _unpark(self) -> None:
         if self.parked is not None:
-            netns._shut(self.parked)
+            netns.shut(self.parked)
             self.parked.close()
             self.parked = None
 
@@ -179,7 +179,7 @@ class Rendezvous:
             conn.setblocking(True)
             await asyncio.to_thread(answer_handshake, conn, self.connect_id, self.handshake_timeout)
         except OSError as err:  # HandshakeRefused, a timeout, a reset
-            netns._shut(conn)
+            netns.shut(conn)
             conn.close()
             self.on_refusal(netns.Refusal(time.time(), uid, "" if uid is not None else address))
             self.log(f"refused a connection to pvserver's rendezvous from {address}: {err}")
@@ -188,7 +188,7 @@ class Rendezvous:
                 if self.on_wrong_id is not None:
                     self.on_wrong_id(self.wrong_ids)
             return
-        netns._no_delay(conn)
+        netns.no_delay(conn)
         self._unpark()
         self.parked = conn
         self.arrivals += 1

@@ -108,7 +108,7 @@ class Run:
     ending: str = ""
     arrived: bool = False
     timed: bool = False  # the deadline for connecting back runs (from the job's start)
-    stop_grace: InitVar[float] = 5.0  # give it by name: it comes after the fields
+    stop_grace: InitVar[float] = field(default=5.0, kw_only=True)
 
     def __post_init__(
         self, engine: LaunchEngine, log: Callable[[str], None], stop_grace: float

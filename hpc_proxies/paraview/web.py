@@ -70,10 +70,12 @@ def make_app(service: PvserverService) -> web.Application:
     async def queued(request: web.Request, action) -> web.Response:
         """``?wait=S``: answer after S seconds at most while a job waits for Slurm (202,
         with the status saying where it is); the caller asks again."""
+        asked = request.query.get("wait")
         try:
-            wait = float(request.query["wait"]) if "wait" in request.query else None
+            wait = None if asked is None else float(asked)
         except ValueError:
-            wait = None
+            why = f"wait={asked!r}: not a number of seconds"
+            return web.json_response({**service.status(), "error": why}, status=400)
         response = await with_ranks(request, lambda ranks: action(ranks, wait))
         if response.status == 200 and service.state == "starting":
             response.set_status(202)
